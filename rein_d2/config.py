@@ -1,0 +1,101 @@
+"""Config keys of rein-d2: the official Mask2Former keys plus MODEL.VIT, MODEL.REIN, TEST.SLIDE.
+
+Mask2Former's keys and defaults are the official ones, so its YAML files parse unchanged.
+"""
+from detectron2.config import CfgNode as CN
+
+
+def add_maskformer2_config(cfg: CN) -> None:
+    """Keys of the official Mask2Former (same names, same defaults)."""
+    cfg.INPUT.DATASET_MAPPER_NAME = "mask_former_semantic"
+    cfg.INPUT.COLOR_AUG_SSD = False
+    cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
+    cfg.INPUT.SIZE_DIVISIBILITY = -1
+    cfg.INPUT.IMAGE_SIZE = 1024
+    cfg.INPUT.MIN_SCALE = 0.1
+    cfg.INPUT.MAX_SCALE = 2.0
+
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
+
+    mf = cfg.MODEL.MASK_FORMER = CN()
+    mf.DEEP_SUPERVISION = True
+    mf.NO_OBJECT_WEIGHT = 0.1
+    mf.CLASS_WEIGHT = 1.0
+    mf.DICE_WEIGHT = 1.0
+    mf.MASK_WEIGHT = 20.0
+    mf.NHEADS = 8
+    mf.DROPOUT = 0.1
+    mf.DIM_FEEDFORWARD = 2048
+    mf.ENC_LAYERS = 0
+    mf.DEC_LAYERS = 6
+    mf.PRE_NORM = False
+    mf.HIDDEN_DIM = 256
+    mf.NUM_OBJECT_QUERIES = 100
+    mf.TRANSFORMER_IN_FEATURE = "res5"
+    mf.ENFORCE_INPUT_PROJ = False
+    mf.TRANSFORMER_DECODER_NAME = "MultiScaleMaskedTransformerDecoder"
+    mf.SIZE_DIVISIBILITY = 32
+    mf.TRAIN_NUM_POINTS = 112 * 112
+    mf.OVERSAMPLE_RATIO = 3.0
+    mf.IMPORTANCE_SAMPLE_RATIO = 0.75
+    mf.TEST = CN()
+    mf.TEST.SEMANTIC_ON = True
+    mf.TEST.INSTANCE_ON = False
+    mf.TEST.PANOPTIC_ON = False
+    mf.TEST.OBJECT_MASK_THRESHOLD = 0.0
+    mf.TEST.OVERLAP_THRESHOLD = 0.0
+    mf.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False
+
+    head = cfg.MODEL.SEM_SEG_HEAD
+    head.MASK_DIM = 256
+    head.TRANSFORMER_ENC_LAYERS = 0
+    head.PIXEL_DECODER_NAME = "BasePixelDecoder"
+    head.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]
+    head.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
+    head.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
+
+
+def add_vit_config(cfg: CN) -> None:
+    """MODEL.VIT: the timm vision foundation model and how it is fine-tuned."""
+    vit = cfg.MODEL.VIT = CN()
+    # timm architecture name, built with random weights; weights come from WEIGHTS.
+    vit.TIMM_NAME = "vit_large_patch14_dinov2"
+    # Patch size and pre-training image size of the built model: the official Rein
+    # configs convert DINOv2's patch 14 / 518 px to patch 16 / 512 px.
+    vit.PATCH_SIZE = 16
+    vit.IMG_SIZE = 512
+    # Blocks whose (refined) outputs become res2..res5.
+    vit.OUT_INDICES = [7, 11, 15, 23]
+    # Resample the position grid to any input size in the forward pass; SAM's timm model
+    # does that natively and takes no such argument, so its configs set False.
+    vit.DYNAMIC_IMG_SIZE = True
+    vit.DROP_PATH_RATE = 0.0
+    # Architecture overrides for ablations and tiny test models; 0 keeps timm's value.
+    vit.EMBED_DIM = 0
+    vit.DEPTH = 0
+    vit.NUM_HEADS = 0
+    # Local weights file (.pth, .pt, .bin or .safetensors); "" keeps random weights.
+    vit.WEIGHTS = ""
+    # "rein": frozen VFM + trainable Rein; "freeze": frozen VFM; "full": all trainable.
+    vit.FINETUNE = "rein"
+
+
+def add_rein_config(cfg: CN) -> None:
+    """All keys rein-d2 adds to Detectron2's defaults."""
+    add_maskformer2_config(cfg)
+    add_vit_config(cfg)
+    rein = cfg.MODEL.REIN = CN()
+    rein.NAME = "LoRAReins"  # a class registered in PEFT_REGISTRY
+    rein.TOKEN_LENGTH = 100
+    rein.LORA_DIM = 16
+    rein.LINK_TOKEN_TO_QUERY = True
+    rein.SCALE_INIT = 1e-3
+    rein.ZERO_MLP_DELTA_F = False
+    rein.USE_SOFTMAX = True
+
+    cfg.TEST.SLIDE = CN()
+    cfg.TEST.SLIDE.ENABLED = True
+    cfg.TEST.SLIDE.CROP_SIZE = [512, 512]
+    cfg.TEST.SLIDE.STRIDE = [341, 341]

@@ -1,0 +1,151 @@
+"""One Detectron2 backbone for every timm vision foundation model, with Rein attached.
+
+Rein is attached by a forward hook on each block, so the same wrapper serves DINOv2
+(prefix tokens), EVA02 (rotary embeddings), CLIP, MAE and SAM (windowed NHWC blocks):
+whatever a block's forward looks like, its output's patch tokens are refined and handed
+to the next block. Features follow the official DINOv2 wrapper: blocks OUT_INDICES as
+maps on the patch grid, resized x4, x2, x1, x0.5 into res2..res5.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+
+import timm
+import torch
+import torch.nn.functional as F
+from detectron2.config import CfgNode, configurable
+from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
+from torch import Tensor, nn
+
+from ...checkpoint.vfm_weights import load_vfm_weights
+from ..rein import REIN_QUERIES_KEY
+from .peft import build_peft
+
+logger = logging.getLogger(__name__)
+
+OUT_FEATURES = ("res2", "res3", "res4", "res5")
+# Resize of each selected block's patch-grid map, and the nominal stride it is given
+# (exact for patch 16; the decoder only needs the x2 ratios between levels).
+FEATURE_SCALES = (4.0, 2.0, 1.0, 0.5)
+NOMINAL_STRIDES = (4, 8, 16, 32)
+# Fine-tune modes: (attach the refinement, train the VFM's own weights).
+FINETUNE_MODES = {"rein": (True, False), "freeze": (False, False), "full": (False, True)}
+
+
+def create_timm_vfm(
+    timm_name: str,
+    patch_size: int,
+    img_size: int,
+    drop_path_rate: float = 0.0,
+    dynamic_img_size: bool = True,
+    **overrides: int,
+) -> nn.Module:
+    """Build a timm VFM with random weights, without a classifier head.
+
+    `overrides` (embed_dim, depth, num_heads) shrink or change the architecture; pass
+    only the ones to change.
+    """
+    kwargs = dict(pretrained=False, num_classes=0, patch_size=patch_size, img_size=img_size,
+                  drop_path_rate=drop_path_rate, **overrides)
+    if dynamic_img_size:
+        kwargs["dynamic_img_size"] = True
+    try:
+        return timm.create_model(timm_name, **kwargs)
+    except RuntimeError as err:
+        if "Unknown model" not in str(err):
+            raise
+        raise ValueError(f"MODEL.VIT.TIMM_NAME={timm_name!r} is not a timm model; "
+                         f"list them with `timm.list_models('*dinov2*')`") from err
+
+
+class ReinViT(Backbone):
+    """A timm ViT whose patch tokens are refined after every block by `peft` (Rein)."""
+
+    @configurable
+    def __init__(self, vit: nn.Module, patch_size: int, out_indices: list[int], finetune: str = "rein",
+                 peft: nn.Module | None = None) -> None:
+        super().__init__()
+        if finetune not in FINETUNE_MODES:
+            raise ValueError(f"MODEL.VIT.FINETUNE={finetune!r}; choose one of {sorted(FINETUNE_MODES)}")
+        attach_peft, train_vit = FINETUNE_MODES[finetune]
+        if attach_peft != (peft is not None):
+            raise ValueError(f"fine-tune mode {finetune!r} {'needs' if attach_peft else 'takes no'} refinement module")
+        depth = len(vit.blocks)
+        increasing = all(a < b for a, b in zip(out_indices, out_indices[1:]))
+        if len(out_indices) != len(OUT_FEATURES) or not increasing or not 0 <= out_indices[0] <= out_indices[-1] < depth:
+            raise ValueError(f"MODEL.VIT.OUT_INDICES={list(out_indices)} must be {len(OUT_FEATURES)} increasing "
+                             f"block indices in [0, {depth - 1}] for this {depth}-block model")
+        self.vit = vit
+        self.reins = peft
+        self.patch_size = patch_size
+        self.out_indices = list(out_indices)
+        self.finetune = finetune
+        self.embed_dim = vit.embed_dim
+        self.num_prefix_tokens = getattr(vit, "num_prefix_tokens", 0)
+        self.vit.requires_grad_(train_vit)
+        if peft is not None:
+            for layer, block in enumerate(vit.blocks):
+                block.register_forward_hook(functools.partial(self._refine_block_output, layer))
+        self._out_feature_strides = dict(zip(OUT_FEATURES, NOMINAL_STRIDES))
+        self._out_feature_channels = {name: self.embed_dim for name in OUT_FEATURES}
+        self._out_features = list(OUT_FEATURES)
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.parameters())
+        logger.info("ReinViT (%s, fine-tune %r): %s trainable of %s parameters (%.2f%%)", type(vit).__name__,
+                    finetune, f"{trainable:,}", f"{total:,}", 100.0 * trainable / max(total, 1))
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, input_shape: ShapeSpec | None = None) -> dict:
+        v = cfg.MODEL.VIT
+        overrides = {k: val for k, val in (("embed_dim", v.EMBED_DIM), ("depth", v.DEPTH),
+                                           ("num_heads", v.NUM_HEADS)) if val}
+        vit = create_timm_vfm(v.TIMM_NAME, v.PATCH_SIZE, v.IMG_SIZE, v.DROP_PATH_RATE,
+                              v.DYNAMIC_IMG_SIZE, **overrides)
+        if v.WEIGHTS:
+            load_vfm_weights(vit, v.WEIGHTS, config_key="MODEL.VIT.WEIGHTS")
+        attach_peft, _ = FINETUNE_MODES.get(v.FINETUNE, (False, False))
+        peft = build_peft(cfg, len(vit.blocks), vit.embed_dim, v.PATCH_SIZE) if attach_peft else None
+        return dict(vit=vit, patch_size=v.PATCH_SIZE, out_indices=v.OUT_INDICES, finetune=v.FINETUNE, peft=peft)
+
+    @property
+    def size_divisibility(self) -> int:
+        return self.patch_size
+
+    def train(self, mode: bool = True) -> "ReinViT":
+        """A frozen VFM stays in eval mode (no drop-path) while the refinement trains."""
+        super().train(mode)
+        if not FINETUNE_MODES[self.finetune][1]:
+            self.vit.eval()
+        return self
+
+    def _refine_block_output(self, layer: int, block: nn.Module, args: tuple, output: Tensor) -> Tensor:
+        if output.ndim == 4:  # NHWC blocks (SAM)
+            b, h, w, c = output.shape
+            return self.reins(output.reshape(b, h * w, c), layer).reshape(b, h, w, c)
+        prefix, patches = output.split([self.num_prefix_tokens, output.shape[1] - self.num_prefix_tokens], dim=1)
+        return torch.cat([prefix, self.reins(patches, layer)], dim=1)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        h, w = x.shape[-2:]
+        if h % self.patch_size or w % self.patch_size:
+            raise ValueError(f"ReinViT: input {h}x{w} is not divisible by the patch size {self.patch_size}; "
+                             "pad it first (MaskFormer pads to a multiple of backbone.size_divisibility)")
+        maps = self.vit.forward_intermediates(x, indices=self.out_indices, norm=False, stop_early=True,
+                                              output_fmt="NCHW", intermediates_only=True)
+        features = {
+            name: fmap if scale == 1.0 else F.interpolate(fmap, scale_factor=scale, mode="bilinear",
+                                                          align_corners=False)
+            for name, fmap, scale in zip(OUT_FEATURES, maps, FEATURE_SCALES)
+        }
+        queries = self.reins.queries() if self.reins is not None else None
+        if queries is not None:
+            features[REIN_QUERIES_KEY] = queries
+        return features
+
+    def output_shape(self) -> dict[str, ShapeSpec]:
+        return {name: ShapeSpec(channels=self.embed_dim, stride=self._out_feature_strides[name])
+                for name in OUT_FEATURES}
+
+
+BACKBONE_REGISTRY.register(ReinViT)

@@ -1,0 +1,165 @@
+"""Rein: learnable tokens that refine a frozen foundation model's features between its layers.
+
+Plain PyTorch (no Detectron2), state-dict compatible with the official implementation
+(`learnable_tokens` or `learnable_tokens_a`/`learnable_tokens_b`, `scale`,
+`mlp_token2feat`, `mlp_delta_f`, `transform`, `merge`). Where the official code differs
+from the paper's equations, this follows the code, because released checkpoints do:
+the first token of every layer gets attention but never contributes a feature, the
+update is `f + scale * mlp_delta_f(attn @ mlp_token2feat(T) + f)`, and the queries are
+`merge([max, mean, last] over layers of transform(T))` interleaved per channel.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# Key under which a backbone hands Rein's queries to the Mask2Former decoder.
+REIN_QUERIES_KEY = "rein_queries"
+
+
+class Reins(nn.Module):
+    """Full-rank Rein: one [token_length, embed_dims] token matrix per layer."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        embed_dims: int,
+        patch_size: int,
+        query_dims: int = 256,
+        token_length: int = 100,
+        use_softmax: bool = True,
+        link_token_to_query: bool = True,
+        scale_init: float = 1e-3,
+        zero_mlp_delta_f: bool = False,
+    ) -> None:
+        super().__init__()
+        if token_length < 2:
+            raise ValueError(f"Rein needs token_length >= 2 (the first token only attends), got {token_length}")
+        self.num_layers = num_layers
+        self.embed_dims = embed_dims
+        self.patch_size = patch_size
+        self.query_dims = query_dims
+        self.token_length = token_length
+        self.use_softmax = use_softmax
+        self.link_token_to_query = link_token_to_query
+        self._create_tokens()
+        self.mlp_token2feat = nn.Linear(embed_dims, embed_dims)
+        self.mlp_delta_f = nn.Linear(embed_dims, embed_dims)
+        nn.init.kaiming_uniform_(self.mlp_token2feat.weight, a=math.sqrt(5))
+        nn.init.kaiming_uniform_(self.mlp_delta_f.weight, a=math.sqrt(5))
+        if zero_mlp_delta_f:
+            # The official variant drops the learnable scale and starts from a zero update.
+            self.scale: Tensor | float = 1.0
+            nn.init.zeros_(self.mlp_delta_f.weight)
+            nn.init.zeros_(self.mlp_delta_f.bias)
+        else:
+            self.scale = nn.Parameter(torch.tensor(scale_init))
+        if link_token_to_query:
+            self.transform = nn.Linear(embed_dims, query_dims)
+            self.merge = nn.Linear(query_dims * 3, query_dims)
+        self._cache: tuple[tuple, dict[str, Tensor]] | None = None
+
+    def _init_bound(self, token_dims: float) -> float:
+        """Uniform bound of the official token initialisation (patch area enters it)."""
+        return math.sqrt(6.0 / float(3 * self.patch_size * self.patch_size + token_dims))
+
+    def _create_tokens(self) -> None:
+        self.learnable_tokens = nn.Parameter(torch.empty(self.num_layers, self.token_length, self.embed_dims))
+        bound = self._init_bound(self.embed_dims)
+        nn.init.uniform_(self.learnable_tokens, -bound, bound)
+
+    def all_tokens(self) -> Tensor:
+        """Tokens of every layer, [num_layers, token_length, embed_dims]."""
+        return self.learnable_tokens
+
+    def layer_tokens(self, layer: int) -> Tensor:
+        return self.learnable_tokens[layer]
+
+    # ------------------------------------------------------------------ cache
+    def _cache_key(self) -> tuple:
+        """Changes whenever a parameter is replaced or modified in place (optimizer step,
+        load_state_dict, .to()), or the autocast state changes: the cache can never be stale."""
+        device_type = self.mlp_token2feat.weight.device.type
+        autocast = torch.is_autocast_enabled(device_type)
+        return (
+            autocast,
+            torch.get_autocast_dtype(device_type) if autocast else None,
+            tuple((p.data_ptr(), p._version, p.dtype) for p in self.parameters()),
+        )
+
+    def _needs_grad(self) -> bool:
+        return torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+
+    def _weights_only_tensors(self) -> dict[str, Tensor]:
+        """Everything that depends on weights only, computed for all layers at once."""
+        tokens = self.all_tokens()
+        out = {"tokens": tokens, "values": self._token_values(tokens)}
+        if self.link_token_to_query:
+            out["queries"] = self._queries_from(tokens)
+        return out
+
+    def _cached(self) -> dict[str, Tensor]:
+        key = self._cache_key()
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self._weights_only_tensors())
+        return self._cache[1]
+
+    # ---------------------------------------------------------------- compute
+    def _token_values(self, tokens: Tensor) -> Tensor:
+        """mlp_token2feat of every token but the first, whose value is zero: the first
+        token takes part in the softmax but contributes nothing (official behaviour)."""
+        values = self.mlp_token2feat(tokens[..., 1:, :])
+        return F.pad(values, (0, 0, 1, 0))
+
+    def _queries_from(self, tokens: Tensor) -> Tensor:
+        projected = self.transform(tokens)  # [layers, m, q]
+        pooled = torch.stack([projected.amax(0), projected.mean(0), projected[-1]], dim=-1)
+        return self.merge(pooled.flatten(-2))  # [m, q], features interleaved per channel
+
+    def _layer_tensors(self, layer: int) -> tuple[Tensor, Tensor]:
+        if self._needs_grad():
+            tokens = self.layer_tokens(layer)
+            return tokens, self._token_values(tokens)
+        cached = self._cached()
+        return cached["tokens"][layer], cached["values"][layer]
+
+    def forward(self, feats: Tensor, layer: int) -> Tensor:
+        """Refine patch tokens `feats` [B, N, C] after block `layer`."""
+        tokens, values = self._layer_tensors(layer)
+        attn = feats @ tokens.to(feats.dtype).transpose(0, 1)
+        if self.use_softmax:
+            attn = torch.softmax(attn * self.embed_dims**-0.5, dim=-1)
+        delta = self.mlp_delta_f(attn @ values.to(feats.dtype) + feats)
+        return feats + delta * self.scale
+
+    def queries(self) -> Tensor | None:
+        """Queries [token_length, query_dims] for the Mask2Former decoder, or None."""
+        if not self.link_token_to_query:
+            return None
+        if self._needs_grad():
+            return self._queries_from(self.all_tokens())
+        return self._cached()["queries"]
+
+
+class LoRAReins(Reins):
+    """Rein with each layer's tokens factorised as A [m, r] @ B [r, c]."""
+
+    def __init__(self, *args, lora_dim: int = 16, **kwargs) -> None:
+        self.lora_dim = lora_dim
+        super().__init__(*args, **kwargs)
+
+    def _create_tokens(self) -> None:
+        self.learnable_tokens_a = nn.Parameter(torch.empty(self.num_layers, self.token_length, self.lora_dim))
+        self.learnable_tokens_b = nn.Parameter(torch.empty(self.num_layers, self.lora_dim, self.embed_dims))
+        bound = self._init_bound(math.sqrt(self.embed_dims * self.lora_dim))
+        nn.init.uniform_(self.learnable_tokens_a, -bound, bound)
+        nn.init.uniform_(self.learnable_tokens_b, -bound, bound)
+
+    def all_tokens(self) -> Tensor:
+        return self.learnable_tokens_a @ self.learnable_tokens_b
+
+    def layer_tokens(self, layer: int) -> Tensor:
+        return self.learnable_tokens_a[layer] @ self.learnable_tokens_b[layer]

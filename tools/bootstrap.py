@@ -1,0 +1,118 @@
+"""Install rein-d2 and everything it needs into the running Python, with no human.
+
+Detectron2 is not on PyPI under its own name. An importable, registered Detectron2 (for
+example one built from source) is kept. Otherwise the registry build `sal-detectron2`
+(Detectron2's Python sources in a cp310 wheel) is downloaded, its hash verified, its
+compiled `_C` for CPython 3.10 and its stray top-level `tools` package left out, and it
+is re-registered under the distribution name `detectron2` so that setup.py's requirement
+is satisfied. rein-d2 never uses Detectron2's compiled ops.
+
+Usage: python tools/bootstrap.py [--tests]
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.metadata
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+D2_WHEEL_NAME = "sal-detectron2"
+D2_VERSION = "0.7.2"
+D2_SHA256 = "491af0c7f79bdb2d178e46f6cb16a97c4ac968d45c41ea3f6b6435d59bbee561"
+TEST_ONLY_NO_DEPS = ["dinov2==0.0.1.dev2"]  # official DINOv2 model code, used as a reference
+
+
+def pip(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "pip", *args], check=True)
+
+
+def registered_detectron2() -> str | None:
+    """Version of an installed, importable Detectron2 distribution, or None."""
+    try:
+        version = importlib.metadata.version("detectron2")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    probe = subprocess.run([sys.executable, "-c", "import detectron2"], capture_output=True)
+    return version if probe.returncode == 0 else None
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download_registry_wheel(dest: Path) -> Path:
+    pip("download", "--no-deps", "--only-binary=:all:", "--python-version", "3.10",
+        "--dest", str(dest), f"{D2_WHEEL_NAME}=={D2_VERSION}")
+    wheels = list(dest.glob("sal_detectron2-*.whl"))
+    if len(wheels) != 1:
+        raise SystemExit(f"bootstrap: expected one sal_detectron2 wheel in {dest}, found {wheels}")
+    actual = sha256_of(wheels[0])
+    if actual != D2_SHA256:
+        raise SystemExit(f"bootstrap: {wheels[0].name} has sha256 {actual}, expected {D2_SHA256}; "
+                         "refusing to install it")
+    return wheels[0]
+
+
+def rewrite_lines(path: Path, replacements: dict[str, str]) -> None:
+    """Replace whole lines that start with a key of `replacements`."""
+    lines = path.read_text().splitlines()
+    out = []
+    for line in lines:
+        key = next((k for k in replacements if line.startswith(k)), None)
+        out.append(replacements[key] if key else line)
+    path.write_text("\n".join(out) + "\n")
+
+
+def repack_as_detectron2(wheel: Path, work: Path) -> Path:
+    """Turn the sal-detectron2 wheel into a pure-Python wheel named detectron2."""
+    pip("install", "--quiet", "wheel")
+    subprocess.run([sys.executable, "-m", "wheel", "unpack", str(wheel), "-d", str(work)], check=True)
+    root = next(p for p in work.iterdir() if p.is_dir())
+    for compiled in (root / "detectron2").glob("_C*.so"):
+        compiled.unlink()
+    shutil.rmtree(root / "tools", ignore_errors=True)
+    old_info = next(root.glob("*.dist-info"))
+    info = old_info.rename(root / f"detectron2-{D2_VERSION}.dist-info")
+    rewrite_lines(info / "METADATA", {"Name:": "Name: detectron2"})
+    rewrite_lines(info / "WHEEL", {"Root-Is-Purelib:": "Root-Is-Purelib: true", "Tag:": "Tag: py3-none-any"})
+    (info / "top_level.txt").write_text("detectron2\n")
+    (info / "RECORD").unlink()
+    packed = root.rename(work / f"detectron2-{D2_VERSION}")
+    out = work / "dist"
+    out.mkdir()
+    subprocess.run([sys.executable, "-m", "wheel", "pack", str(packed), "-d", str(out)], check=True)
+    return next(out.glob("detectron2-*.whl"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tests", action="store_true", help="also install the test requirements")
+    args = parser.parse_args()
+
+    kept = registered_detectron2()
+    # One resolver run for Detectron2 and rein-d2, so that their requirements agree.
+    install = ["install", "--quiet"]
+    with tempfile.TemporaryDirectory(prefix="rein-d2-bootstrap-") as tmp:
+        if kept:
+            print(f"bootstrap: keeping the installed detectron2 {kept}")
+        else:
+            wheel = download_registry_wheel(Path(tmp) / "download")
+            install.append(str(repack_as_detectron2(wheel, Path(tmp) / "repack")))
+        install += ["-e", f"{REPO}[test]" if args.tests else str(REPO)]
+        pip(*install)
+    if args.tests:
+        pip("install", "--quiet", "--no-deps", *TEST_ONLY_NO_DEPS)
+    print("bootstrap: rein-d2 is installed in", sys.prefix)
+
+
+if __name__ == "__main__":
+    main()

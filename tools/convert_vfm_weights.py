@@ -1,0 +1,67 @@
+"""Convert a VFM checkpoint (official DINOv2 .pth or timm) into the timm model rein-d2 builds.
+
+The patch kernel and position grid are resized like the official Rein converter
+(e.g. DINOv2-L/14 at 518 px -> patch 16 at 512 px), key names become timm's, and the
+result is written as .safetensors (atomically), ready for MODEL.VIT.WEIGHTS.
+
+  python tools/convert_vfm_weights.py dinov2_vitl14_pretrain.pth dinov2_vitl16_512.safetensors \
+      --timm-name vit_large_patch14_dinov2 --patch-size 16 --img-size 512
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from rein_d2.checkpoint.vfm_weights import IncompatibleWeightsError, fit_to_model, read_state_dict
+from rein_d2.modeling.backbone import create_timm_vfm
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input", type=Path, help="official DINOv2 .pth, or a timm .pth/.safetensors")
+    parser.add_argument("output", type=Path, help="where to write the converted .safetensors")
+    parser.add_argument("--timm-name", required=True, help="timm architecture, e.g. vit_large_patch14_dinov2")
+    parser.add_argument("--patch-size", type=int, default=16)
+    parser.add_argument("--img-size", type=int, default=512, help="image size of the position grid")
+    parser.add_argument("--no-dynamic-img-size", action="store_true", help="for timm models without it (SAM)")
+    for name in ("embed-dim", "depth", "num-heads"):
+        parser.add_argument(f"--{name}", type=int, default=0, help="architecture override (0: timm's)")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    if args.output.suffix != ".safetensors":
+        raise SystemExit(f"output {args.output} must end in .safetensors")
+    overrides = {k: v for k, v in (("embed_dim", args.embed_dim), ("depth", args.depth),
+                                   ("num_heads", args.num_heads)) if v}
+    model = create_timm_vfm(args.timm_name, args.patch_size, args.img_size,
+                            dynamic_img_size=not args.no_dynamic_img_size, **overrides)
+    target = model.state_dict()
+    state = fit_to_model(read_state_dict(args.input, "input"), model)
+    converted, unused = {}, []
+    for key, tensor in tqdm(state.items(), desc="converting", unit="tensor"):
+        if key not in target:
+            unused.append(key)
+        elif tensor.shape != target[key].shape:
+            raise IncompatibleWeightsError(f"{key}: {tuple(tensor.shape)} in {args.input} vs "
+                                           f"{tuple(target[key].shape)} in {args.timm_name}")
+        else:
+            converted[key] = tensor.contiguous()
+    missing = sorted(set(target) - set(converted))
+    tmp = args.output.with_name(args.output.name + ".tmp")
+    save_file(converted, str(tmp))
+    os.replace(tmp, args.output)
+    print(f"wrote {len(converted)} tensors to {args.output}")
+    if missing:
+        print(f"missing from the input ({len(missing)}): {', '.join(missing)}")
+    if unused:
+        print(f"not used by {args.timm_name} ({len(unused)}): {', '.join(unused)}")
+
+
+if __name__ == "__main__":
+    main()
