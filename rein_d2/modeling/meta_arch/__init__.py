@@ -1,0 +1,16 @@
+"""Mask2Former meta-architecture and head; importing this registers them."""
+from .mask_former_head import MaskFormerHead
+from .mask_former_model import MaskFormer, padding_divisor, semantic_inference
+from .sliding_window import SlideWindow, slide_inference
+from .targets import instance_targets, semantic_targets
+
+__all__ = [
+    "MaskFormer",
+    "MaskFormerHead",
+    "SlideWindow",
+    "instance_targets",
+    "padding_divisor",
+    "semantic_inference",
+    "semantic_targets",
+    "slide_inference",
+]

@@ -1,0 +1,148 @@
+"""MaskFormer meta-architecture (Mask2Former), semantic segmentation.
+
+Same config keys and module names as the official `MaskFormer` (`backbone`,
+`sem_seg_head`, `criterion`), so official checkpoints load. Trains from Detectron2-style
+dicts with "image" and "sem_seg" (or "instances"); predicts "sem_seg" [K, height, width]
+by whole-image or sliding-window inference.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from detectron2.config import CfgNode, configurable
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone, build_sem_seg_head
+from detectron2.modeling.postprocessing import sem_seg_postprocess
+from detectron2.structures import ImageList
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ..criterion import SetCriterion
+from .sliding_window import SlideWindow, slide_inference
+from .targets import instance_targets, semantic_targets
+
+
+def padding_divisor(*divisors: int) -> int:
+    """Least common multiple of the positive divisors (1 if none): pads for backbone and config alike."""
+    return math.lcm(*(d for d in divisors if d > 0))
+
+
+def semantic_inference(mask_cls: Tensor, mask_pred: Tensor) -> Tensor:
+    """[B, Q, K+1] class logits and [B, Q, H, W] mask logits -> [B, K, H, W] class scores:
+    each query's class probabilities (without "no object") weighted by its mask probability."""
+    return torch.einsum("bqc,bqhw->bchw", mask_cls.softmax(-1)[..., :-1], mask_pred.sigmoid())
+
+
+@META_ARCH_REGISTRY.register()
+class MaskFormer(nn.Module):
+    """Backbone -> MaskFormerHead; Hungarian set loss in training, per-pixel class scores at test time."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        sem_seg_head: nn.Module,
+        criterion: SetCriterion,
+        num_queries: int,
+        size_divisibility: int,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        slide_window: SlideWindow | None = None,
+    ) -> None:
+        """size_divisibility: inputs are zero-padded (after normalisation) to a multiple of it.
+        slide_window: None for whole-image inference."""
+        super().__init__()
+        if len(pixel_mean) != len(pixel_std):
+            raise ValueError(f"MODEL.PIXEL_MEAN {list(pixel_mean)} and MODEL.PIXEL_STD {list(pixel_std)} "
+                             "differ in length")
+        self.backbone = backbone
+        self.sem_seg_head = sem_seg_head
+        self.criterion = criterion
+        self.num_queries = num_queries
+        self.size_divisibility = size_divisibility
+        self.slide_window = slide_window
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> dict:
+        mf = cfg.MODEL.MASK_FORMER
+        switches = {k: mf.TEST[k] for k in ("SEMANTIC_ON", "INSTANCE_ON", "PANOPTIC_ON",
+                                             "SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE")}
+        if switches != {"SEMANTIC_ON": True, "INSTANCE_ON": False, "PANOPTIC_ON": False,
+                        "SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE": False}:
+            raise NotImplementedError(
+                f"rein-d2's MaskFormer does semantic segmentation only, got MODEL.MASK_FORMER.TEST {switches}: set "
+                "SEMANTIC_ON True and INSTANCE_ON, PANOPTIC_ON, SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE False")
+        backbone = build_backbone(cfg)
+        sem_seg_head = build_sem_seg_head(cfg, backbone.output_shape())
+        slide = cfg.TEST.SLIDE
+        return {
+            "backbone": backbone,
+            "sem_seg_head": sem_seg_head,
+            "criterion": SetCriterion(cfg, sem_seg_head.num_classes),
+            "num_queries": mf.NUM_OBJECT_QUERIES,
+            "size_divisibility": padding_divisor(mf.SIZE_DIVISIBILITY, backbone.size_divisibility),
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "slide_window": (SlideWindow(tuple(slide.CROP_SIZE), tuple(slide.STRIDE), slide.BATCH_SIZE)
+                             if slide.ENABLED else None),
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def forward(self, batched_inputs: list[dict]) -> list[dict] | dict[str, Tensor]:
+        """Training: weighted losses. Inference: per input {"sem_seg": [K, height, width]} class scores,
+        at the input's "height"/"width" (default: the image's size)."""
+        images = [self._normalize(x["image"]) for x in batched_inputs]
+        if self.training:
+            return self._losses(images, batched_inputs)
+        if self.slide_window is None:
+            probs = self._semantic_probs(images)
+        else:
+            probs = slide_inference(images, self._semantic_probs, self.slide_window, self.sem_seg_head.num_classes)
+        results = []
+        for p, x in zip(probs, batched_inputs):
+            height, width = x.get("height", p.shape[-2]), x.get("width", p.shape[-1])
+            results.append({"sem_seg": sem_seg_postprocess(p, p.shape[-2:], height, width)})
+        return results
+
+    def _normalize(self, image: Tensor) -> Tensor:
+        if image.dim() != 3 or image.shape[0] != self.pixel_mean.shape[0]:
+            raise ValueError(f"'image' must be [C, H, W] with C={self.pixel_mean.shape[0]} channels "
+                             f"(MODEL.PIXEL_MEAN), got shape {tuple(image.shape)}")
+        return (image.to(self.device) - self.pixel_mean) / self.pixel_std
+
+    def _semantic_probs(self, images: list[Tensor]) -> list[Tensor]:
+        """One forward pass over the padded batch -> per image [K, h, w] class scores at its own size."""
+        image_list = ImageList.from_tensors(images, self.size_divisibility)
+        outputs = self.sem_seg_head(self.backbone(image_list.tensor))
+        masks = F.interpolate(outputs["pred_masks"], size=image_list.tensor.shape[-2:], mode="bilinear",
+                              align_corners=False)
+        probs = semantic_inference(outputs["pred_logits"], masks)
+        return [p[:, :h, :w] for p, (h, w) in zip(probs, image_list.image_sizes)]
+
+    def _losses(self, images: list[Tensor], batched_inputs: list[dict]) -> dict[str, Tensor]:
+        image_list = ImageList.from_tensors(images, self.size_divisibility)
+        outputs = self.sem_seg_head(self.backbone(image_list.tensor))
+        padded_size = tuple(image_list.tensor.shape[-2:])
+        targets = [self._targets(x, padded_size) for x in batched_inputs]
+        losses = self.criterion(outputs, targets)
+        weights = self.criterion.weight_dict
+        return {k: v * weights[k] for k, v in losses.items() if k in weights}
+
+    def _targets(self, x: dict, padded_size: tuple[int, int]) -> dict[str, Tensor]:
+        """Per-image targets from "instances" (gt_classes, gt_masks) if given, else from "sem_seg"."""
+        if "instances" in x:
+            instances = x["instances"].to(self.device)
+            masks = getattr(instances.gt_masks, "tensor", instances.gt_masks)
+            return instance_targets(instances.gt_classes, masks, padded_size)
+        if "sem_seg" in x:
+            return semantic_targets(x["sem_seg"].to(self.device), self.sem_seg_head.num_classes,
+                                    self.sem_seg_head.ignore_value, padded_size)
+        raise ValueError("MaskFormer training needs 'sem_seg' (an [H, W] label map) or 'instances' in every "
+                         f"input dict; got keys {sorted(x)}")
