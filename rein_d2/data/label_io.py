@@ -1,0 +1,55 @@
+"""Reading label maps and image headers with errors that name the file and the fix."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .classes import IGNORE_LABEL, NUM_CLASSES
+
+
+class LabelError(ValueError):
+    """A label file that is missing, unreadable or not a map of Cityscapes train ids."""
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the file header, without decoding the pixels."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, ValueError) as e:
+        raise LabelError(f"cannot read the image header of {path}: {e}. Re-extract or "
+                         "re-download this file, or re-run the dataset's prepare script.") from e
+
+
+def read_ids(path: str | Path) -> np.ndarray:
+    """A single-channel id image (palette indices for palette PNGs, never colours)."""
+    try:
+        with Image.open(path) as image:
+            ids = np.asarray(image)
+    except (OSError, ValueError) as e:
+        raise LabelError(f"cannot read label {path}: {e}. Re-extract or re-download this "
+                         "file, or re-run the dataset's prepare script.") from e
+    if ids.ndim != 2:
+        raise LabelError(f"label {path} has shape {ids.shape}: expected one channel of ids "
+                         "(a colour visualisation is not a label).")
+    return ids
+
+
+def check_train_ids(labels: np.ndarray, path: str | Path) -> np.ndarray:
+    """Raise unless every value is a train id (0..18) or the ignore label (255)."""
+    values = np.unique(labels)
+    bad = values[(values >= NUM_CLASSES) & (values != IGNORE_LABEL)]
+    if bad.size:
+        shown = ", ".join(str(v) for v in bad[:10])
+        raise LabelError(
+            f"label {path} contains value(s) {shown}, outside the train ids 0..{NUM_CLASSES - 1} "
+            f"and the ignore label {IGNORE_LABEL}. It is not a train-id label: run the "
+            "dataset's prepare script (see datasets/README.md) and point to its output.")
+    return labels
+
+
+def read_train_ids(path: str | Path) -> np.ndarray:
+    """A validated train-id label map."""
+    return check_train_ids(read_ids(path), path)

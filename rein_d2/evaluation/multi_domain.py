@@ -1,0 +1,48 @@
+"""Glue for a trainer: evaluate one model on every test domain and report them together.
+
+    class Trainer(DefaultTrainer):
+        @classmethod
+        def test(cls, cfg, model, evaluators=None):
+            return evaluate_on_domains(cfg, model)
+"""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from detectron2.data import build_detection_test_loader
+from detectron2.evaluation import inference_on_dataset
+from torch import nn
+from torch.utils.data import DataLoader
+
+from rein_d2.data.test_mapper import DGTestDatasetMapper
+
+from .dg_evaluator import MultiDomainSemSegEvaluator
+
+
+def build_dg_test_loader(cfg, dataset_names: str | Sequence[str]) -> DataLoader:
+    """One loader over the datasets, each image resized by its own dataset's test rule."""
+    names = [dataset_names] if isinstance(dataset_names, str) else list(dataset_names)
+    return build_detection_test_loader(cfg, names, mapper=DGTestDatasetMapper(cfg))
+
+
+def build_dg_evaluator(cfg, dataset_names: str | Sequence[str], output_dir: str | None = None,
+                       mean_over: Sequence[str] | None = None) -> MultiDomainSemSegEvaluator:
+    """The evaluator for these datasets, writing its report to OUTPUT_DIR/inference."""
+    names = [dataset_names] if isinstance(dataset_names, str) else list(dataset_names)
+    output_dir = output_dir or os.path.join(cfg.OUTPUT_DIR, "inference")
+    return MultiDomainSemSegEvaluator(names, mean_over=mean_over, output_dir=output_dir)
+
+
+def evaluate_on_domains(cfg, model: nn.Module, dataset_names: Sequence[str] | None = None, *,
+                        mean_over: Sequence[str] | None = None,
+                        output_dir: str | None = None) -> OrderedDict:
+    """Run `model` once over all test datasets (default cfg.DATASETS.TEST) and score each.
+
+    Returns {dataset: {"sem_seg": {...}}, ..., "mean": {"sem_seg": {...}}} on the main
+    process ({} on the others), and writes dg_results.{json,md,png}.
+    """
+    names = list(dataset_names or cfg.DATASETS.TEST)
+    evaluator = build_dg_evaluator(cfg, names, output_dir, mean_over)
+    return inference_on_dataset(model, build_dg_test_loader(cfg, names), evaluator)
