@@ -3,10 +3,16 @@
 Mask2Former's keys and defaults are the official ones, so its YAML files parse unchanged.
 """
 from detectron2.config import CfgNode as CN
+from detectron2.projects.deeplab import add_deeplab_config
 
 
 def add_maskformer2_config(cfg: CN) -> None:
-    """Keys of the official Mask2Former (same names, same defaults)."""
+    """Keys of the official Mask2Former (same names, same defaults).
+
+    The official train_net adds DeepLab's keys first (its configs set MODEL.RESNETS.STEM_TYPE,
+    RES5_MULTI_GRID and the WarmupPolyLR keys), and MODEL.SWIN for its Swin configs.
+    """
+    add_deeplab_config(cfg)
     cfg.INPUT.DATASET_MAPPER_NAME = "mask_former_semantic"
     cfg.INPUT.COLOR_AUG_SSD = False
     cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
@@ -56,6 +62,24 @@ def add_maskformer2_config(cfg: CN) -> None:
     head.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
     head.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
 
+    swin = cfg.MODEL.SWIN = CN()
+    swin.PRETRAIN_IMG_SIZE = 224
+    swin.PATCH_SIZE = 4
+    swin.EMBED_DIM = 96
+    swin.DEPTHS = [2, 2, 6, 2]
+    swin.NUM_HEADS = [3, 6, 12, 24]
+    swin.WINDOW_SIZE = 7
+    swin.MLP_RATIO = 4.0
+    swin.QKV_BIAS = True
+    swin.QK_SCALE = None
+    swin.DROP_RATE = 0.0
+    swin.ATTN_DROP_RATE = 0.0
+    swin.DROP_PATH_RATE = 0.3
+    swin.APE = False
+    swin.PATCH_NORM = True
+    swin.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    swin.USE_CHECKPOINT = False
+
 
 def add_vit_config(cfg: CN) -> None:
     """MODEL.VIT: the timm vision foundation model and how it is fine-tuned."""
@@ -95,7 +119,16 @@ def add_rein_config(cfg: CN) -> None:
     rein.ZERO_MLP_DELTA_F = False
     rein.USE_SOFTMAX = True
 
+    # Official Rein optimiser: AdamW, no decay on these names (norms are matched as well).
+    cfg.SOLVER.NO_DECAY_KEYS = ["query_embed", "level_embed", "learnable_tokens", "reins.scale"]
+    cfg.SOLVER.BETAS = [0.9, 0.999]
+    cfg.SOLVER.EPS = 1e-8
+    cfg.SOLVER.AMP.PRECISION = "float16"  # or "bfloat16" (CUDA or CPU)
+    # DDP's search for parameters without gradient (the official Rein sets it).
+    cfg.SOLVER.FIND_UNUSED_PARAMETERS = False
+
     cfg.TEST.SLIDE = CN()
     cfg.TEST.SLIDE.ENABLED = True
     cfg.TEST.SLIDE.CROP_SIZE = [512, 512]
     cfg.TEST.SLIDE.STRIDE = [341, 341]
+    cfg.TEST.SLIDE.BATCH_SIZE = 4  # crops per forward pass

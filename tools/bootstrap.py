@@ -24,7 +24,11 @@ REPO = Path(__file__).resolve().parent.parent
 D2_WHEEL_NAME = "sal-detectron2"
 D2_VERSION = "0.7.2"
 D2_SHA256 = "491af0c7f79bdb2d178e46f6cb16a97c4ac968d45c41ea3f6b6435d59bbee561"
-TEST_ONLY_NO_DEPS = ["dinov2==0.0.1.dev2"]  # official DINOv2 model code, used as a reference
+# Installed without their declared requirements: imagecorruptions-imaug would add the GUI
+# build of OpenCV beside the headless one (both own `cv2`); what it imports is in setup.py.
+NO_DEPS = ["imagecorruptions-imaug==1.1.5"]
+# The official DINOv2 model code, a reference in the tests; its pins (torch 2.0, xformers) are not needed.
+TEST_ONLY_NO_DEPS = ["dinov2==0.0.1.dev2"]
 
 
 def pip(*args: str) -> None:
@@ -109,8 +113,7 @@ def main() -> None:
             install.append(str(repack_as_detectron2(wheel, Path(tmp) / "repack")))
         install += ["-e", f"{REPO}[test]" if args.tests else str(REPO)]
         pip(*install)
-    if args.tests:
-        pip("install", "--quiet", "--no-deps", *TEST_ONLY_NO_DEPS)
+    pip("install", "--quiet", "--no-deps", *NO_DEPS, *(TEST_ONLY_NO_DEPS if args.tests else []))
     print("bootstrap: rein-d2 is installed in", sys.prefix)
 
 
