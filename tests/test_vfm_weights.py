@@ -162,4 +162,4 @@ def test_convert_tool_writes_a_loadable_patch16_file(tmp_path):
     vit = timm_dinov2(16, 64)
     assert load_vfm_weights(vit, out) == ([], [])
     assert vit.patch_embed.proj.weight.shape[-1] == 16
-    assert not list(tmp_path.glob("*.tmp*"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dinov2.pth", "dinov2_p16.safetensors"]

@@ -10,7 +10,6 @@ result is written as .safetensors (atomically), ready for MODEL.VIT.WEIGHTS.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from safetensors.torch import save_file
@@ -18,6 +17,7 @@ from tqdm import tqdm
 
 from rein_d2.checkpoint.vfm_weights import IncompatibleWeightsError, fit_to_model, read_state_dict
 from rein_d2.modeling.backbone import create_timm_vfm
+from rein_d2.utils.atomic import atomic_output
 
 
 def parse_args() -> argparse.Namespace:
@@ -53,9 +53,8 @@ def main() -> None:
         else:
             converted[key] = tensor.contiguous()
     missing = sorted(set(target) - set(converted))
-    tmp = args.output.with_name(args.output.name + ".tmp")
-    save_file(converted, str(tmp))
-    os.replace(tmp, args.output)
+    with atomic_output(args.output) as tmp:
+        save_file(converted, str(tmp))
     print(f"wrote {len(converted)} tensors to {args.output}")
     if missing:
         print(f"missing from the input ({len(missing)}): {', '.join(missing)}")

@@ -1,0 +1,50 @@
+"""Mixed-precision training step for CUDA (fp16 with loss scaling, or bf16) and CPU (bf16).
+
+Detectron2's AMPTrainer is CUDA-only and fp16-centred; this one follows the model's device
+and SOLVER.AMP.PRECISION, and scales losses only where fp16 needs it.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+from detectron2.engine import SimpleTrainer
+
+PRECISIONS = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class MixedPrecisionTrainer(SimpleTrainer):
+    """SimpleTrainer whose forward runs under torch.autocast."""
+
+    def __init__(self, model: torch.nn.Module, data_loader, optimizer: torch.optim.Optimizer,
+                 precision: str = "float16") -> None:
+        super().__init__(model, data_loader, optimizer)
+        if precision not in PRECISIONS:
+            raise ValueError(f"SOLVER.AMP.PRECISION={precision!r}; choose one of {sorted(PRECISIONS)}")
+        self.device_type = next(model.parameters()).device.type
+        self.dtype = PRECISIONS[precision]
+        if self.device_type == "cpu" and self.dtype is torch.float16:
+            raise ValueError("fp16 autocast is for CUDA; on CPU set SOLVER.AMP.PRECISION bfloat16")
+        self.grad_scaler = torch.amp.GradScaler(self.device_type, enabled=self.dtype is torch.float16)
+
+    def run_step(self) -> None:
+        assert self.model.training, "MixedPrecisionTrainer: the model was switched to eval mode"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            loss_dict = self.model(data)
+        losses = sum(loss_dict.values())
+        self.optimizer.zero_grad()
+        self.grad_scaler.scale(losses).backward()
+        self.after_backward()
+        self._write_metrics(loss_dict, data_time)
+        self.grad_scaler.step(self.optimizer)
+        self.grad_scaler.update()
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "grad_scaler": self.grad_scaler.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self.grad_scaler.load_state_dict(state_dict["grad_scaler"])

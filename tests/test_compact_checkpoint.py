@@ -1,0 +1,73 @@
+"""Compact checkpoints: no frozen tensor, identical outputs after loading, clear refusals."""
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from rein_d2.checkpoint.compact import CompactCheckpointer, IncompatibleCheckpointError
+
+
+class Tiny(nn.Module):
+    def __init__(self, classes=3, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.backbone = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8)).requires_grad_(False)
+        self.head = nn.Linear(8, classes)
+        self.register_buffer("pixel_mean", torch.zeros(6), persistent=True)
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+
+def trained(tmp_path, **kw):
+    model = Tiny(**kw)
+    with torch.no_grad():
+        model.head.weight.add_(1.0)
+    optimizer = torch.optim.AdamW(model.head.parameters())
+    model(torch.randn(2, 6)).sum().backward()
+    optimizer.step()
+    ckpt = CompactCheckpointer(model, str(tmp_path), optimizer=optimizer)
+    ckpt.save("model_final", iteration=7)
+    return model, tmp_path / "model_final.pth"
+
+
+def test_checkpoint_holds_no_frozen_tensor_and_restores_outputs(tmp_path):
+    model, path = trained(tmp_path)
+    saved = torch.load(path, weights_only=True)
+    assert set(saved["model"]) == {"head.weight", "head.bias", "pixel_mean"}
+    assert saved["iteration"] == 7 and "optimizer" in saved
+    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
+    assert not list(tmp_path.glob(".*tmp*"))
+    fresh = Tiny()
+    CompactCheckpointer(fresh).load(str(path))
+    x = torch.randn(4, 6)
+    assert torch.equal(fresh(x), model(x))
+
+
+def test_another_frozen_backbone_is_warned_about(tmp_path, caplog):
+    _, path = trained(tmp_path)
+    other = Tiny(seed=1)
+    with caplog.at_level(logging.WARNING):
+        CompactCheckpointer(other).load(str(path))
+    assert "other frozen backbone weights" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        CompactCheckpointer(Tiny()).load(str(path))
+    assert "other frozen backbone" not in caplog.text
+    assert "not found in the checkpoint" not in caplog.text  # frozen keys are expected to be absent
+
+
+def test_a_checkpoint_of_another_model_lists_what_does_not_fit(tmp_path):
+    _, path = trained(tmp_path)
+    with pytest.raises(IncompatibleCheckpointError, match=r"head\.weight: checkpoint \(3, 8\) vs model \(5, 8\)"):
+        CompactCheckpointer(Tiny(classes=5)).load(str(path))
+
+
+def test_pickles_are_refused(tmp_path):
+    (tmp_path / "model.pkl").write_bytes(b"\x80\x04K\x01.")
+    with pytest.raises(ValueError, match="pickle files are refused"):
+        CompactCheckpointer(Tiny()).load(str(tmp_path / "model.pkl"))
+    torch.save({"model": {"head.weight": torch.zeros(3, 8)}, "obj": logging.getLogger("x")}, tmp_path / "obj.pth")
+    with pytest.raises(ValueError, match="refused without being unpickled"):
+        CompactCheckpointer(Tiny()).load(str(tmp_path / "obj.pth"))

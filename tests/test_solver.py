@@ -1,0 +1,110 @@
+"""Official Rein optimiser groups and learning-rate schedule."""
+import pytest
+import torch
+from detectron2.config import get_cfg
+from torch import nn
+
+from rein_d2 import add_rein_config
+from rein_d2.solver import build_lr_scheduler, build_optimizer
+
+
+class Named(nn.Module):
+    """A module tree with the parameter names of a Rein Mask2Former."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Module()
+        self.backbone.vit = nn.Module()
+        self.backbone.vit.proj = nn.Linear(4, 4)
+        self.backbone.vit.norm = nn.LayerNorm(4)
+        self.backbone.reins = nn.Module()
+        self.backbone.reins.learnable_tokens_a = nn.Parameter(torch.zeros(2, 3))
+        self.backbone.reins.scale = nn.Parameter(torch.tensor(1e-3))
+        self.backbone.reins.mlp_delta_f = nn.Linear(4, 4)
+        self.sem_seg_head = nn.Module()
+        self.sem_seg_head.predictor = nn.Module()
+        self.sem_seg_head.predictor.query_embed = nn.Embedding(5, 4)
+        self.sem_seg_head.predictor.query_feat = nn.Embedding(5, 4)
+        self.sem_seg_head.predictor.level_embed = nn.Embedding(3, 4)
+        self.sem_seg_head.predictor.decoder_norm = nn.LayerNorm(4)
+        self.sem_seg_head.input_proj = nn.Sequential(nn.Conv2d(4, 4, 1), nn.GroupNorm(2, 4))
+
+
+def cfg_for(**solver):
+    cfg = get_cfg()
+    add_rein_config(cfg)
+    cfg.SOLVER.BASE_LR, cfg.SOLVER.WEIGHT_DECAY, cfg.SOLVER.MAX_ITER = 1e-4, 0.05, 40000
+    cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupThenPolyLR"
+    cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.WARMUP_FACTOR = 0, 1e-6
+    for key, value in solver.items():
+        setattr(cfg.SOLVER, key, value)
+    return cfg
+
+
+def settings_by_name(model, optimizer):
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {names[id(p)]: (g["lr"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}
+
+
+def test_rein_groups_decay_everything_but_norms_embeddings_and_rein_tokens():
+    model = Named()
+    model.backbone.vit.requires_grad_(False)
+    got = settings_by_name(model, build_optimizer(cfg_for(), model))
+    assert not any(name.startswith("backbone.vit") for name in got)
+    no_decay = {"backbone.reins.learnable_tokens_a", "backbone.reins.scale", "sem_seg_head.predictor.query_embed.weight",
+                "sem_seg_head.predictor.level_embed.weight", "sem_seg_head.predictor.decoder_norm.weight",
+                "sem_seg_head.predictor.decoder_norm.bias", "sem_seg_head.input_proj.1.weight",
+                "sem_seg_head.input_proj.1.bias"}
+    for name, (lr, wd) in got.items():
+        assert lr == pytest.approx(1e-4)
+        assert wd == (0.0 if name in no_decay else 0.05), name
+    assert got["sem_seg_head.predictor.query_feat.weight"][1] == 0.05
+    assert got["backbone.reins.mlp_delta_f.bias"][1] == 0.05
+
+
+def test_full_finetuning_scales_the_vfm_learning_rate_only():
+    model = Named()
+    got = settings_by_name(model, build_optimizer(cfg_for(BACKBONE_MULTIPLIER=0.1), model))
+    assert got["backbone.vit.proj.weight"] == (pytest.approx(1e-5), 0.05)
+    assert got["backbone.vit.norm.weight"] == (pytest.approx(1e-5), 0.0)
+    assert got["backbone.reins.mlp_delta_f.weight"][0] == pytest.approx(1e-4)
+
+
+def lrs_at(cfg, iterations):
+    model = Named()
+    model.backbone.vit.requires_grad_(False)
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_lr_scheduler(cfg, optimizer)
+    out, done = {}, 0
+    for it in sorted(iterations):
+        for _ in range(it - done):
+            optimizer.step()
+            scheduler.step()
+        done = it
+        out[it] = optimizer.param_groups[0]["lr"]
+    return out
+
+
+def test_poly_from_iteration_zero_as_the_512_recipe():
+    cfg = cfg_for(MAX_ITER=100)
+    got = lrs_at(cfg, [0, 1, 50, 99])
+    for it, lr in got.items():
+        assert lr == pytest.approx(1e-4 * (1 - it / 100) ** 0.9), it
+
+
+def test_linear_warmup_then_poly_as_the_1024_recipe():
+    cfg = cfg_for(MAX_ITER=100, WARMUP_ITERS=25, BASE_LR=6e-5)
+    got = lrs_at(cfg, [0, 10, 25, 60, 99])
+    assert got[0] == pytest.approx(6e-5 * 1e-6)
+    assert got[10] == pytest.approx(6e-5 * (1e-6 + (1 - 1e-6) * 10 / 25))
+    assert got[25] == pytest.approx(6e-5)
+    assert got[60] == pytest.approx(6e-5 * (1 - 35 / 75) ** 0.9)
+    assert got[99] == pytest.approx(6e-5 * (1 - 74 / 75) ** 0.9)
+
+
+def test_bad_settings_are_explained():
+    with pytest.raises(ValueError, match="WARMUP_ITERS"):
+        lrs_at(cfg_for(MAX_ITER=10, WARMUP_ITERS=10), [1])
+    frozen = Named().requires_grad_(False)
+    with pytest.raises(ValueError, match="FINETUNE"):
+        build_optimizer(cfg_for(), frozen)
