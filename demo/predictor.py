@@ -11,11 +11,11 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
+from rein_d2.checkpoint.compact import CompactCheckpointer
 from rein_d2.data.classes import CITYSCAPES_CLASSES, CITYSCAPES_COLORS, IGNORE_LABEL
 
 
@@ -40,7 +40,7 @@ class SemanticPredictor:
                                     "output/model_final.pth)")
         self.model = build_model(self.cfg).eval()
         if weights:
-            DetectionCheckpointer(self.model).load(weights)
+            CompactCheckpointer(self.model).load(weights)
         size = cfg.INPUT.MIN_SIZE_TEST
         self.resize = (T.ResizeShortestEdge([size, size], cfg.INPUT.MAX_SIZE_TEST)
                        if size > 0 else None)
