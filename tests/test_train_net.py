@@ -123,3 +123,18 @@ def test_non_finite_loss_names_iteration_and_last_checkpoint(synthetic):
     trainer = train_net.ReinTrainer(cfg)
     with pytest.raises(train_net.NonFiniteLossError, match=r"iteration 1: .*model_0000000\.pth"):
         trainer.train()
+
+
+def test_eval_only_over_real_dataset_layouts_reports_each_domain_and_the_mean(dg_root, tmp_path):
+    """Issue 4's end to end: DETECTRON2_DATASETS trees in the real layouts, one --eval-only run."""
+    from test_data_layouts import make_prepared_tree
+
+    make_prepared_tree(dg_root)
+    targets = ("dg_cityscapes_val", "dg_bdd_val", "dg_mapillary_val")
+    args = args_for(tmp_path / "eval", "DATASETS.TEST", str(targets), eval_only=True)
+    results = train_net.main(args)
+    assert set(results) == {*targets, "mean"}
+    mean = sum(results[t]["sem_seg"]["mIoU"] for t in targets) / 3
+    assert results["mean"]["sem_seg"]["mIoU"] == pytest.approx(mean)
+    report = (tmp_path / "eval" / "inference" / "dg_results.json").read_text()
+    assert all(t in report for t in targets)
