@@ -1,4 +1,4 @@
-"""Config keys of rein-d2: the official Mask2Former keys plus MODEL.VIT, MODEL.REIN, TEST.SLIDE.
+"""Config keys of rein-d2: the official Mask2Former keys plus MODEL.VIT, MODEL.REIN, TEST.SLIDE, TEST.AMP.
 
 Mask2Former's keys and defaults are the official ones, so its YAML files parse unchanged.
 """
@@ -104,6 +104,12 @@ def add_vit_config(cfg: CN) -> None:
     vit.WEIGHTS = ""
     # "rein": frozen VFM + trainable Rein; "freeze": frozen VFM; "full": all trainable.
     vit.FINETUNE = "rein"
+    # Activation checkpointing of every block (timm's set_grad_checkpointing): their activations
+    # are recomputed in the backward pass, Rein's included, trading time for memory.
+    vit.GRAD_CHECKPOINT = False
+    # torch.compile backend for each block's forward ("inductor", or e.g. "aot_eager" to debug);
+    # "" runs eagerly. Rein's hooks stay eager; identical blocks share one compiled graph.
+    vit.COMPILE = ""
 
 
 def add_rein_config(cfg: CN) -> None:
@@ -132,3 +138,9 @@ def add_rein_config(cfg: CN) -> None:
     cfg.TEST.SLIDE.CROP_SIZE = [512, 512]
     cfg.TEST.SLIDE.STRIDE = [341, 341]
     cfg.TEST.SLIDE.BATCH_SIZE = 4  # crops per forward pass
+
+    # Inference under torch.autocast (MaskFormer in eval mode); the pixel decoder's deformable
+    # attention stays in float32, and the returned class scores are float32.
+    cfg.TEST.AMP = CN()
+    cfg.TEST.AMP.ENABLED = False
+    cfg.TEST.AMP.PRECISION = "bfloat16"  # or "float16" (CUDA)

@@ -1,51 +1,17 @@
 """Pure-PyTorch multi-scale deformable attention against a naive per-point reference.
 
-The reference restates the official CUDA op: a location l in [0, 1] reads pixel
-l * size - 0.5 of its level, bilinearly, zeros outside the map.
+The reference (rein_d2.benchmark.deform_attn, shared with tools/benchmark.py) restates the
+official CUDA op: a location l in [0, 1] reads pixel l * size - 0.5 of its level,
+bilinearly, zeros outside the map.
 """
-import math
-
 import pytest
 import torch
 
+from rein_d2.benchmark.deform_attn import per_point_ms_deform_attn as naive_ms_deform_attn
 from rein_d2.modeling.pixel_decoder.ms_deform_attn import MSDeformAttn, ms_deform_attn
 from rein_d2.modeling.pixel_decoder.msdeformattn import MSDeformAttnEncoder
 
 SHAPES = [(4, 5), (3, 2), (1, 3)]
-
-
-def bilinear_zero_padded(level_value, h, w, x, y):
-    """level_value [H*W, D]; (x, y) in pixel units of this level, pixel centres at integers."""
-    x0, y0 = math.floor(x.item()), math.floor(y.item())
-    acc = level_value.new_zeros(level_value.shape[-1])
-    for yy, wy in ((y0, 1 - (y - y0)), (y0 + 1, y - y0)):
-        for xx, wx in ((x0, 1 - (x - x0)), (x0 + 1, x - x0)):
-            if 0 <= yy < h and 0 <= xx < w:
-                acc = acc + wy * wx * level_value[yy * w + xx]
-    return acc
-
-
-def naive_ms_deform_attn(value, shapes, locations, weights):
-    n, _, heads, _ = value.shape
-    _, queries, _, levels, points, _ = locations.shape
-    starts = [0]
-    for h, w in shapes:
-        starts.append(starts[-1] + h * w)
-    rows = []
-    for b in range(n):
-        for q in range(queries):
-            per_head = []
-            for m in range(heads):
-                acc = 0
-                for lvl, (h, w) in enumerate(shapes):
-                    level_value = value[b, starts[lvl]:starts[lvl + 1], m]
-                    for p in range(points):
-                        x = locations[b, q, m, lvl, p, 0] * w - 0.5
-                        y = locations[b, q, m, lvl, p, 1] * h - 0.5
-                        acc = acc + weights[b, q, m, lvl, p] * bilinear_zero_padded(level_value, h, w, x, y)
-                per_head.append(acc)
-            rows.append(torch.cat(per_head))
-    return torch.stack(rows).view(n, queries, -1)
 
 
 def random_inputs(n=2, queries=3, heads=2, dim=3, points=2, seed=0):

@@ -10,7 +10,7 @@ import time
 import torch
 from detectron2.engine import SimpleTrainer
 
-PRECISIONS = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+from ..utils.precision import autocast_dtype
 
 
 class MixedPrecisionTrainer(SimpleTrainer):
@@ -19,10 +19,8 @@ class MixedPrecisionTrainer(SimpleTrainer):
     def __init__(self, model: torch.nn.Module, data_loader, optimizer: torch.optim.Optimizer,
                  precision: str = "float16") -> None:
         super().__init__(model, data_loader, optimizer)
-        if precision not in PRECISIONS:
-            raise ValueError(f"SOLVER.AMP.PRECISION={precision!r}; choose one of {sorted(PRECISIONS)}")
+        self.dtype = autocast_dtype(precision, "SOLVER.AMP.PRECISION")
         self.device_type = next(model.parameters()).device.type
-        self.dtype = PRECISIONS[precision]
         if self.device_type == "cpu" and self.dtype is torch.float16:
             raise ValueError("fp16 autocast is for CUDA; on CPU set SOLVER.AMP.PRECISION bfloat16")
         self.grad_scaler = torch.amp.GradScaler(self.device_type, enabled=self.dtype is torch.float16)

@@ -94,11 +94,32 @@ class Reins(nn.Module):
         return torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
 
     def _weights_only_tensors(self) -> dict[str, Tensor]:
-        """Everything that depends on weights only, computed for all layers at once."""
-        tokens = self.all_tokens()
-        out = {"tokens": tokens, "values": self._token_values(tokens)}
-        if self.link_token_to_query:
-            out["queries"] = self._queries_from(tokens)
+        """Everything that depends on weights only, for all layers at once, folded for the fast path.
+
+        The update is linear in its two inputs, so with s = scale, (W, b) = mlp_delta_f and V the values:
+            f + s * mlp_delta_f(attn @ V + f) = f + attn @ (s V W^T) + f @ (s W)^T + s b
+        and since softmax rows sum to 1, s b joins every row of the folded values. Per token
+        this leaves f @ keys (m x c), attn @ values (m x c) and f @ weight (c x c): the matrix
+        products of the plain path, minus its element-wise passes. Folded with autocast off, in
+        the parameters' dtype, then stored in the dtype the products run in (autocast's, if on).
+        """
+        weight = self.mlp_delta_f.weight
+        with torch.autocast(weight.device.type, enabled=False):
+            tokens = self.all_tokens()
+            keys = tokens * self.embed_dims**-0.5 if self.use_softmax else tokens
+            update_weight = self.mlp_delta_f.weight * self.scale
+            update_bias = self.mlp_delta_f.bias * self.scale
+            values = self._token_values(tokens) @ update_weight.T
+            if self.use_softmax:
+                values = values + update_bias
+            folded = {"keys": keys.transpose(1, 2), "values": values, "weight": update_weight.T,
+                      "bias": None if self.use_softmax else update_bias}
+            queries = self._queries_from(tokens) if self.link_token_to_query else None
+        device_type = weight.device.type
+        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else weight.dtype
+        out = {name: t.to(dtype).contiguous() for name, t in folded.items() if t is not None}
+        if queries is not None:
+            out["queries"] = queries
         return out
 
     def _cached(self) -> dict[str, Tensor]:
@@ -119,21 +140,49 @@ class Reins(nn.Module):
         pooled = torch.stack([projected.amax(0), projected.mean(0), projected[-1]], dim=-1)
         return self.merge(pooled.flatten(-2))  # [m, q], features interleaved per channel
 
-    def _layer_tensors(self, layer: int) -> tuple[Tensor, Tensor]:
-        if self._needs_grad():
-            tokens = self.layer_tokens(layer)
-            return tokens, self._token_values(tokens)
-        cached = self._cached()
-        return cached["tokens"][layer], cached["values"][layer]
+    def _refine(self, feats: Tensor, layer: int) -> Tensor:
+        """The official equations, step by step: the path autograd trains through.
 
-    def forward(self, feats: Tensor, layer: int) -> Tensor:
-        """Refine patch tokens `feats` [B, N, C] after block `layer`."""
-        tokens, values = self._layer_tensors(layer)
+        The scale multiplies mlp_delta_f's weights, s (W h + b) = (s W) h + s b, not its
+        [B, N, C] output: autograd then keeps no extra activation for the scale's gradient.
+        """
+        tokens = self.layer_tokens(layer)
+        values = self._token_values(tokens)
         attn = feats @ tokens.to(feats.dtype).transpose(0, 1)
         if self.use_softmax:
             attn = torch.softmax(attn * self.embed_dims**-0.5, dim=-1)
-        delta = self.mlp_delta_f(attn @ values.to(feats.dtype) + feats)
-        return feats + delta * self.scale
+        hidden = attn @ values.to(feats.dtype) + feats
+        return feats + F.linear(hidden, self.mlp_delta_f.weight * self.scale, self.mlp_delta_f.bias * self.scale)
+
+    def _refine_folded(self, feats: Tensor, layer: int) -> Tensor:
+        """Inference: the same update from the folded weights-only tensors (see `_weights_only_tensors`)."""
+        folded = self._cached()
+        x = feats.reshape(-1, self.embed_dims)
+        attn = x @ folded["keys"][layer]
+        if self.use_softmax:
+            attn = attn.softmax(-1)
+        if torch.is_autocast_enabled(x.device.type):
+            # Products in autocast's dtype; the residual sum stays in the features' own dtype.
+            out = x + (attn @ folded["values"][layer] + x @ folded["weight"])
+        else:
+            # One new tensor: f + attn @ values, then += f @ weight in place (BLAS accumulates).
+            out = torch.addmm(x, attn, folded["values"][layer])
+            out.addmm_(x, folded["weight"])
+        if "bias" in folded:
+            out += folded["bias"]
+        return out.view(feats.shape)
+
+    def forward(self, feats: Tensor, layer: int, num_prefix_tokens: int = 0) -> Tensor:
+        """Refine tokens `feats` [B, N, C] after block `layer`.
+
+        The first `num_prefix_tokens` (class, register) pass through unchanged. Every token is
+        refined on its own, so they are computed along and then put back: cheaper than
+        splitting the patch tokens off and concatenating the result.
+        """
+        refined = self._refine(feats, layer) if self._needs_grad() else self._refine_folded(feats, layer)
+        if num_prefix_tokens:
+            refined[:, :num_prefix_tokens] = feats[:, :num_prefix_tokens]
+        return refined
 
     def queries(self) -> Tensor | None:
         """Queries [token_length, query_dims] for the Mask2Former decoder, or None."""

@@ -1,6 +1,7 @@
 """Registry of parameter-efficient refinements attached between a VFM's blocks.
 
-A new method is a module with `forward(patch_tokens [B, N, C], layer) -> [B, N, C]` and
+A new method is a module with `forward(tokens [B, N, C], layer, num_prefix_tokens=0) -> [B, N, C]`
+(returning the first `num_prefix_tokens`, the class and register tokens, unchanged) and
 `queries() -> Tensor | None`, plus a factory registered here under the name that
 MODEL.REIN.NAME selects.
 """

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import CfgNode, configurable
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
+from timm.layers import use_reentrant_ckpt
 from torch import Tensor, nn
 
 from ...checkpoint.vfm_weights import load_vfm_weights
@@ -59,12 +60,33 @@ def create_timm_vfm(
                          f"list them with `timm.list_models('*dinov2*')`") from err
 
 
+def enable_grad_checkpointing(vit: nn.Module) -> None:
+    """timm's per-block activation checkpointing. The block's forward hooks (Rein) run inside the
+    checkpointed call, so the recomputation applies them again. It must be the non-reentrant
+    variant: the reentrant one drops the gradients of parameters (the first block's Rein) when
+    no input of the checkpointed call requires grad, as with a frozen patch embedding."""
+    if use_reentrant_ckpt():
+        raise ValueError("MODEL.VIT.GRAD_CHECKPOINT needs timm's non-reentrant checkpointing, but "
+                         "TIMM_REENTRANT_CKPT is set: unset it (reentrant checkpoints lose Rein's gradients)")
+    vit.set_grad_checkpointing(True)
+
+
+def compile_blocks(vit: nn.Module, backend: str) -> None:
+    """torch.compile each block's forward, not its call: the forward hooks (Rein and its
+    weights-only cache, which reads parameter versions) stay eager and outside the graph,
+    and identical blocks reuse one compiled graph."""
+    for block in vit.blocks:
+        block.forward = torch.compile(block.forward, backend=backend)
+
+
 class ReinViT(Backbone):
     """A timm ViT whose patch tokens are refined after every block by `peft` (Rein)."""
 
     @configurable
     def __init__(self, vit: nn.Module, patch_size: int, out_indices: list[int], finetune: str = "rein",
-                 peft: nn.Module | None = None) -> None:
+                 peft: nn.Module | None = None, grad_checkpoint: bool = False, compile_backend: str = "") -> None:
+        """grad_checkpoint: recompute each block's activations (and its Rein) in the backward pass.
+        compile_backend: torch.compile backend for the blocks' forward, "" for eager."""
         super().__init__()
         if finetune not in FINETUNE_MODES:
             raise ValueError(f"MODEL.VIT.FINETUNE={finetune!r}; choose one of {sorted(FINETUNE_MODES)}")
@@ -87,6 +109,10 @@ class ReinViT(Backbone):
         if peft is not None:
             for layer, block in enumerate(vit.blocks):
                 block.register_forward_hook(functools.partial(self._refine_block_output, layer))
+        if grad_checkpoint:
+            enable_grad_checkpointing(vit)
+        if compile_backend:
+            compile_blocks(vit, compile_backend)
         self._out_feature_strides = dict(zip(OUT_FEATURES, NOMINAL_STRIDES))
         self._out_feature_channels = {name: self.embed_dim for name in OUT_FEATURES}
         self._out_features = list(OUT_FEATURES)
@@ -106,7 +132,8 @@ class ReinViT(Backbone):
             load_vfm_weights(vit, v.WEIGHTS, config_key="MODEL.VIT.WEIGHTS")
         attach_peft, _ = FINETUNE_MODES.get(v.FINETUNE, (False, False))
         peft = build_peft(cfg, len(vit.blocks), vit.embed_dim, v.PATCH_SIZE) if attach_peft else None
-        return dict(vit=vit, patch_size=v.PATCH_SIZE, out_indices=v.OUT_INDICES, finetune=v.FINETUNE, peft=peft)
+        return dict(vit=vit, patch_size=v.PATCH_SIZE, out_indices=v.OUT_INDICES, finetune=v.FINETUNE, peft=peft,
+                    grad_checkpoint=v.GRAD_CHECKPOINT, compile_backend=v.COMPILE)
 
     @property
     def size_divisibility(self) -> int:
@@ -123,8 +150,7 @@ class ReinViT(Backbone):
         if output.ndim == 4:  # NHWC blocks (SAM)
             b, h, w, c = output.shape
             return self.reins(output.reshape(b, h * w, c), layer).reshape(b, h, w, c)
-        prefix, patches = output.split([self.num_prefix_tokens, output.shape[1] - self.num_prefix_tokens], dim=1)
-        return torch.cat([prefix, self.reins(patches, layer)], dim=1)
+        return self.reins(output, layer, num_prefix_tokens=self.num_prefix_tokens)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         h, w = x.shape[-2:]

@@ -7,6 +7,7 @@ by whole-image or sliding-window inference.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 
@@ -18,6 +19,7 @@ from detectron2.structures import ImageList
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ...utils.precision import autocast_dtype
 from ..criterion import SetCriterion
 from .sliding_window import SlideWindow, slide_inference
 from .targets import instance_targets, semantic_targets
@@ -50,9 +52,11 @@ class MaskFormer(nn.Module):
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
         slide_window: SlideWindow | None = None,
+        inference_dtype: torch.dtype | None = None,
     ) -> None:
         """size_divisibility: inputs are zero-padded (after normalisation) to a multiple of it.
-        slide_window: None for whole-image inference."""
+        slide_window: None for whole-image inference.
+        inference_dtype: run inference under torch.autocast in this dtype; None for full precision."""
         super().__init__()
         if len(pixel_mean) != len(pixel_std):
             raise ValueError(f"MODEL.PIXEL_MEAN {list(pixel_mean)} and MODEL.PIXEL_STD {list(pixel_std)} "
@@ -63,6 +67,7 @@ class MaskFormer(nn.Module):
         self.num_queries = num_queries
         self.size_divisibility = size_divisibility
         self.slide_window = slide_window
+        self.inference_dtype = inference_dtype
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
 
@@ -89,6 +94,8 @@ class MaskFormer(nn.Module):
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "slide_window": (SlideWindow(tuple(slide.CROP_SIZE), tuple(slide.STRIDE), slide.BATCH_SIZE)
                              if slide.ENABLED else None),
+            "inference_dtype": (autocast_dtype(cfg.TEST.AMP.PRECISION, "TEST.AMP.PRECISION")
+                                if cfg.TEST.AMP.ENABLED else None),
         }
 
     @property
@@ -101,15 +108,22 @@ class MaskFormer(nn.Module):
         images = [self._normalize(x["image"]) for x in batched_inputs]
         if self.training:
             return self._losses(images, batched_inputs)
-        if self.slide_window is None:
-            probs = self._semantic_probs(images)
-        else:
-            probs = slide_inference(images, self._semantic_probs, self.slide_window, self.sem_seg_head.num_classes)
+        with self._inference_autocast():
+            if self.slide_window is None:
+                probs = self._semantic_probs(images)
+            else:
+                probs = slide_inference(images, self._semantic_probs, self.slide_window,
+                                        self.sem_seg_head.num_classes)
         results = []
         for p, x in zip(probs, batched_inputs):
             height, width = x.get("height", p.shape[-2]), x.get("width", p.shape[-1])
             results.append({"sem_seg": sem_seg_postprocess(p, p.shape[-2:], height, width)})
         return results
+
+    def _inference_autocast(self) -> contextlib.AbstractContextManager:
+        if self.inference_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.inference_dtype)
 
     def _normalize(self, image: Tensor) -> Tensor:
         if image.dim() != 3 or image.shape[0] != self.pixel_mean.shape[0]:
@@ -123,7 +137,7 @@ class MaskFormer(nn.Module):
         outputs = self.sem_seg_head(self.backbone(image_list.tensor))
         masks = F.interpolate(outputs["pred_masks"], size=image_list.tensor.shape[-2:], mode="bilinear",
                               align_corners=False)
-        probs = semantic_inference(outputs["pred_logits"], masks)
+        probs = semantic_inference(outputs["pred_logits"], masks).float()
         return [p[:, :h, :w] for p, (h, w) in zip(probs, image_list.image_sizes)]
 
     def _losses(self, images: list[Tensor], batched_inputs: list[dict]) -> dict[str, Tensor]:

@@ -3,7 +3,9 @@
 No compiled op: `F.grid_sample` (bilinear, zero padding, align_corners=False) samples
 exactly what the official CUDA kernel samples. A location l in [0, 1] reads pixel
 l * size - 0.5 of its level, bilinearly, with zeros outside the map; autograd gives the
-gradients with respect to values, locations and weights.
+gradients with respect to values, locations and weights. Like the CUDA kernel, training
+keeps only the inputs: the samples [N*M, D, Q, P], the pixel decoder's largest activations,
+are recomputed in the backward pass (torch.utils.checkpoint), a small cost in time.
 """
 from __future__ import annotations
 
@@ -13,6 +15,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+def _weighted_samples(level_value: Tensor, grid: Tensor, weights: Tensor) -> Tensor:
+    """One level: bilinear samples [N*M, D, Q, P] at `grid`, summed over points with `weights` -> [N*M, D, Q]."""
+    sampled = F.grid_sample(level_value, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return torch.einsum("bdqp,bqp->bdq", sampled, weights)
 
 
 def ms_deform_attn(value: Tensor, spatial_shapes: Sequence[tuple[int, int]], sampling_locations: Tensor,
@@ -33,12 +42,16 @@ def ms_deform_attn(value: Tensor, spatial_shapes: Sequence[tuple[int, int]], sam
     # Heads join the batch; grid_sample wants coordinates in [-1, 1].
     grids = (2 * sampling_locations - 1).transpose(1, 2).flatten(0, 1)  # [N*M, Q, L, P, 2]
     weights = attention_weights.transpose(1, 2).flatten(0, 1)  # [N*M, Q, L, P]
+    recompute = torch.is_grad_enabled() and any(t.requires_grad for t in (value, sampling_locations,
+                                                                          attention_weights))
     out = value.new_zeros(n * heads, dim, queries)
     for level, ((h, w), level_value) in enumerate(zip(spatial_shapes, value.split(sizes, dim=1))):
         level_value = level_value.permute(0, 2, 3, 1).reshape(n * heads, dim, h, w)
-        sampled = F.grid_sample(level_value, grids[:, :, level], mode="bilinear", padding_mode="zeros",
-                                align_corners=False)  # [N*M, D, Q, P]
-        out = out + torch.einsum("bdqp,bqp->bdq", sampled, weights[:, :, level])
+        inputs = (level_value, grids[:, :, level], weights[:, :, level])
+        if recompute:
+            out = out + checkpoint(_weighted_samples, *inputs, use_reentrant=False)
+        else:
+            out = out + _weighted_samples(*inputs)
     return out.view(n, heads * dim, queries).transpose(1, 2)
 
 

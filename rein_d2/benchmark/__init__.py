@@ -1,0 +1,1 @@
+"""Measurements behind tools/benchmark.py: timing, FLOPs, memory, training steps, reference kernels."""
