@@ -29,16 +29,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
 from PIL import Image
 from tqdm import tqdm
 
 from predictor import SemanticPredictor, visualize
-from rein_d2 import add_rein_config
+from rein_d2.config import load_config
+from rein_d2.errors import ReinD2Error
 from rein_d2.utils.atomic import atomic_write_image
-from rein_d2.utils.video import VideoCodecError, VideoSink
+from rein_d2.utils.cli import user_errors
+from rein_d2.utils.video import VideoSink
 
 logger = logging.getLogger("rein_d2.demo")
 
@@ -49,7 +51,7 @@ WINDOW = "rein-d2"
 ESC = 27
 
 
-class DemoError(Exception):
+class DemoError(ReinD2Error):
     """A usage problem the user can fix; reported without a traceback, exit code 2."""
 
 
@@ -78,30 +80,13 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
-    if not os.path.isfile(args.config_file):
-        raise DemoError(f"config file {args.config_file} not found; pass "
-                        "--config-file configs/<name>.yaml")
-    cfg = get_cfg()
-    add_rein_config(cfg)
-    try:
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts)
-    except (KeyError, ValueError, AssertionError) as e:
-        raise DemoError(f"cannot apply {args.config_file} with --opts "
-                        f"{' '.join(args.opts)}: {e}") from e
+    cfg = load_config(args.config_file, args.opts)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("MODEL.DEVICE is %s but no GPU is available: running on the CPU",
                        cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     return cfg
-
-
-def build_predictor(cfg: CfgNode) -> SemanticPredictor:
-    try:
-        return SemanticPredictor(cfg)
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        raise DemoError(f"cannot build the model of {cfg.MODEL.META_ARCHITECTURE}: {e}") from e
 
 
 def is_folder(output: str) -> bool:
@@ -286,43 +271,41 @@ def run_webcam(predictor: SemanticPredictor, side_by_side: bool) -> int:
         cv2.destroyAllWindows()
 
 
+@user_errors
 def main(argv: list[str] | None = None) -> int:
+    """0 when every input was segmented, 1 when none could be read; usage errors exit with 2."""
     parser = get_parser()
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
-    try:
-        cfg = setup_cfg(args)
-        if args.webcam:
-            if args.output:
-                raise DemoError("--webcam shows results in a window; --output cannot be used "
-                                "with it")
-            require_display()
-            return 0 if run_webcam(build_predictor(cfg), args.side_by_side) else 1
-        if args.output is None:
-            require_display()
-        if args.video_input:
-            source = Path(args.video_input)
-            target = video_output(source, args.output) if args.output else None
-            done = run_video(build_predictor(cfg), source, target, args.side_by_side,
-                             args.batch_size)
-            if done and target is not None:
-                logger.info("%d frames segmented into %s", done, target)
-            return 0 if done else 1
-        inputs = expand_inputs(args.input)
-        if not inputs:
-            logger.error("no input found in %s", " ".join(args.input))
-            return 1
-        targets = image_outputs(inputs, args.output) if args.output else None
-        done = run_images(build_predictor(cfg), inputs, targets, args.side_by_side)
-        logger.info("%d of %d inputs segmented%s", done, len(inputs),
-                    f" into {args.output}" if args.output else "")
-        if not done:
-            logger.error("nothing was processed: no input could be read as an image")
+    cfg = setup_cfg(args)
+    if args.webcam:
+        if args.output:
+            raise DemoError("--webcam shows results in a window; --output cannot be used "
+                            "with it")
+        require_display()
+        return 0 if run_webcam(SemanticPredictor(cfg), args.side_by_side) else 1
+    if args.output is None:
+        require_display()
+    if args.video_input:
+        source = Path(args.video_input)
+        target = video_output(source, args.output) if args.output else None
+        done = run_video(SemanticPredictor(cfg), source, target, args.side_by_side,
+                         args.batch_size)
+        if done and target is not None:
+            logger.info("%d frames segmented into %s", done, target)
         return 0 if done else 1
-    except (DemoError, VideoCodecError) as e:
-        logger.error("%s", e)
-        return 2
+    inputs = expand_inputs(args.input)
+    if not inputs:
+        logger.error("no input found in %s", " ".join(args.input))
+        return 1
+    targets = image_outputs(inputs, args.output) if args.output else None
+    done = run_images(SemanticPredictor(cfg), inputs, targets, args.side_by_side)
+    logger.info("%d of %d inputs segmented%s", done, len(inputs),
+                f" into {args.output}" if args.output else "")
+    if not done:
+        logger.error("nothing was processed: no input could be read as an image")
+    return 0 if done else 1
 
 
 if __name__ == "__main__":

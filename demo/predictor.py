@@ -17,6 +17,7 @@ from detectron2.modeling import build_model
 
 from rein_d2.checkpoint.compact import CompactCheckpointer
 from rein_d2.data.classes import CITYSCAPES_CLASSES, CITYSCAPES_COLORS, IGNORE_LABEL
+from rein_d2.errors import ConfigError
 
 
 class SemanticPredictor:
@@ -31,11 +32,11 @@ class SemanticPredictor:
         self.cfg = cfg.clone()
         self.input_format = cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):
-            raise ValueError(f"INPUT.FORMAT is '{self.input_format}'; the demo feeds 'RGB' or "
+            raise ConfigError(f"INPUT.FORMAT is '{self.input_format}'; the demo feeds 'RGB' or "
                              "'BGR' images")
         weights = cfg.MODEL.WEIGHTS
         if weights and "://" not in weights and not os.path.isfile(weights):
-            raise FileNotFoundError(f"MODEL.WEIGHTS file {weights} not found; give the path of a "
+            raise ConfigError(f"MODEL.WEIGHTS file {weights} not found; give the path of a "
                                     "trained checkpoint (e.g. --opts MODEL.WEIGHTS "
                                     "output/model_final.pth)")
         self.model = build_model(self.cfg).eval()

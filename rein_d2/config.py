@@ -2,8 +2,17 @@
 
 Mask2Former's keys and defaults are the official ones, so its YAML files parse unchanged.
 """
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+
 from detectron2.config import CfgNode as CN
 from detectron2.projects.deeplab import add_deeplab_config
+
+from .config_check import check_honoured
+from .errors import ConfigError
 
 
 def add_maskformer2_config(cfg: CN) -> None:
@@ -144,3 +153,51 @@ def add_rein_config(cfg: CN) -> None:
     cfg.TEST.AMP = CN()
     cfg.TEST.AMP.ENABLED = False
     cfg.TEST.AMP.PRECISION = "bfloat16"  # or "float16" (CUDA)
+
+
+def _unknown_key_message(err: Exception, cfg: CN, source: str) -> str:
+    """yacs' unknown-key error as one line naming the key, the source and the closest keys."""
+    text = str(err.args[0]) if err.args else str(err)
+    match = re.search(r"Non-existent (?:config )?key: (\S+)", text)
+    if match is None:
+        return f"{source}: {text}"
+    key = match[1]
+    leaves = [k for k, _ in _leaf_keys(cfg)]
+    leaf = key.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(key, leaves, n=3, cutoff=0.75)
+    close += [k for k in leaves if k.rsplit(".", 1)[-1] == leaf and k not in close]
+    hint = f"; did you mean {' or '.join(close[:3])}?" if close else "; see rein_d2/config.py for the keys"
+    return f"{source}: unknown config key {key}{hint}"
+
+
+def _leaf_keys(node: CN, prefix: str = ""):
+    for key, value in node.items():
+        if isinstance(value, CN):
+            yield from _leaf_keys(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def load_config(config_file: str, opts: list[str] | None = None, *, check: bool = True) -> CN:
+    """Detectron2's defaults + rein-d2's keys, then the YAML file (with its _BASE_ files) and
+    the KEY VALUE overrides, each error a ConfigError that names the key and where it was set.
+
+    With `check`, keys set to values that rein-d2 would ignore are refused (config_check.py).
+    """
+    from detectron2.config import get_cfg
+
+    if not Path(config_file).is_file():
+        raise ConfigError(f"config file {config_file} not found (absolute: {Path(config_file).resolve()}); "
+                          "pass --config-file with a YAML file, e.g. configs/dinov2/rein_dinov2_large_gta_512.yaml")
+    cfg = get_cfg()
+    add_rein_config(cfg)
+    defaults = cfg.clone()
+    for source, merge in ((f"{config_file} (or one of its _BASE_ files)", lambda: cfg.merge_from_file(config_file)),
+                          ("command-line override", lambda: cfg.merge_from_list(list(opts or [])))):
+        try:
+            merge()
+        except (KeyError, AssertionError, ValueError, TypeError) as err:
+            raise ConfigError(_unknown_key_message(err, defaults, source)) from err
+    if check:
+        check_honoured(cfg, defaults, f"the config ({config_file}{' with its command-line overrides' if opts else ''})")
+    return cfg

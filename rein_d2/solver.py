@@ -1,14 +1,18 @@
 """Optimizer and learning-rate schedule of the official Rein recipe, in Detectron2 form.
 
 Parameter groups follow the official PEFT optimizer constructor: AdamW over trainable
-parameters only; no weight decay on normalisation layers (by type, and any parameter
-whose name contains "norm"), nor on names containing SOLVER.NO_DECAY_KEYS (query and
-level embeddings, Rein tokens and scale); every other tensor, biases included, decays.
-The VFM's own weights (trained only in Full mode) get SOLVER.BACKBONE_MULTIPLIER.
+parameters only; normalisation layers (by type, and any parameter whose name contains
+"norm") decay by SOLVER.WEIGHT_DECAY_NORM (0, as the official), names containing
+SOLVER.NO_DECAY_KEYS (query and level embeddings, Rein tokens and scale) do not decay;
+every other tensor decays, biases included (by SOLVER.WEIGHT_DECAY_BIAS when set, their
+learning rate times SOLVER.BIAS_LR_FACTOR, both Detectron2 keys whose defaults change
+nothing). The VFM's own weights (trained only in Full mode) get SOLVER.BACKBONE_MULTIPLIER.
 The schedule is linear warmup from SOLVER.WARMUP_FACTOR over SOLVER.WARMUP_ITERS, then
 polynomial decay over the remaining iterations, as MMEngine's LinearLR + PolyLR chain.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from detectron2.config import CfgNode
@@ -23,13 +27,39 @@ from fvcore.common.param_scheduler import (
 )
 from torch import nn
 
+from .errors import ConfigError
+
 NORM_TYPES = (nn.GroupNorm, nn.LayerNorm, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 VFM_PREFIX = "backbone.vit."
 REIN_SCHEDULER = "WarmupThenPolyLR"
 
 
-def param_groups(model: nn.Module, base_lr: float, weight_decay: float, no_decay_keys: list[str],
-                 backbone_multiplier: float = 1.0, vfm_prefix: str = VFM_PREFIX) -> list[dict]:
+@dataclass(frozen=True)
+class DecayRules:
+    """Weight decay and learning-rate factors by kind of parameter (see the module docstring)."""
+
+    weight_decay: float
+    no_decay_keys: tuple[str, ...] = ()
+    weight_decay_norm: float = 0.0
+    weight_decay_bias: float | None = None
+    bias_lr_factor: float = 1.0
+    backbone_multiplier: float = 1.0
+
+    def for_param(self, full_name: str, module: nn.Module, base_lr: float) -> dict:
+        is_bias = full_name.endswith(".bias") or full_name == "bias"
+        if isinstance(module, NORM_TYPES) or "norm" in full_name:
+            decay = self.weight_decay_norm
+        elif any(k in full_name for k in self.no_decay_keys):
+            decay = 0.0
+        elif is_bias and self.weight_decay_bias is not None:
+            decay = self.weight_decay_bias
+        else:
+            decay = self.weight_decay
+        lr = base_lr * (self.backbone_multiplier if full_name.startswith(VFM_PREFIX) else 1.0)
+        return {"lr": lr * (self.bias_lr_factor if is_bias else 1.0), "weight_decay": decay}
+
+
+def param_groups(model: nn.Module, base_lr: float, rules: DecayRules) -> list[dict]:
     """One group per distinct (lr, weight decay), trainable parameters only."""
     groups, seen = [], set()
     for module_name, module in model.named_modules():
@@ -38,19 +68,19 @@ def param_groups(model: nn.Module, base_lr: float, weight_decay: float, no_decay
                 continue
             seen.add(id(param))
             full_name = f"{module_name}.{name}" if module_name else name
-            no_decay = isinstance(module, NORM_TYPES) or any(k in full_name for k in ("norm", *no_decay_keys))
-            lr = base_lr * (backbone_multiplier if full_name.startswith(vfm_prefix) else 1.0)
-            groups.append({"params": [param], "lr": lr, "weight_decay": 0.0 if no_decay else weight_decay})
+            groups.append({"params": [param], **rules.for_param(full_name, module, base_lr)})
     return reduce_param_groups(groups)
 
 
 def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
     s = cfg.SOLVER
     if s.OPTIMIZER != "ADAMW":
-        raise ValueError(f"SOLVER.OPTIMIZER={s.OPTIMIZER!r}: rein-d2 trains with the official 'ADAMW'")
-    groups = param_groups(model, s.BASE_LR, s.WEIGHT_DECAY, list(s.NO_DECAY_KEYS), s.BACKBONE_MULTIPLIER)
+        raise ConfigError(f"SOLVER.OPTIMIZER={s.OPTIMIZER!r}: rein-d2 trains with the official 'ADAMW'")
+    rules = DecayRules(s.WEIGHT_DECAY, tuple(s.NO_DECAY_KEYS), s.WEIGHT_DECAY_NORM, s.WEIGHT_DECAY_BIAS,
+                       s.BIAS_LR_FACTOR, s.BACKBONE_MULTIPLIER)
+    groups = param_groups(model, s.BASE_LR, rules)
     if not groups:
-        raise ValueError("the model has no trainable parameter: check MODEL.VIT.FINETUNE")
+        raise ConfigError("the model has no trainable parameter: check MODEL.VIT.FINETUNE")
     optimizer_cls = maybe_add_gradient_clipping(cfg, torch.optim.AdamW)
     return optimizer_cls(groups, lr=s.BASE_LR, betas=tuple(s.BETAS), eps=s.EPS, weight_decay=s.WEIGHT_DECAY)
 
@@ -58,7 +88,7 @@ def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
 def warmup_then_poly(max_iter: int, warmup_iters: int, warmup_factor: float, power: float) -> ParamScheduler:
     """LR multiplier: warmup_factor -> 1 linearly over warmup_iters, then (1 - t/T)^power to 0."""
     if not 0 <= warmup_iters < max_iter:
-        raise ValueError(f"SOLVER.WARMUP_ITERS={warmup_iters} must lie in [0, SOLVER.MAX_ITER={max_iter})")
+        raise ConfigError(f"SOLVER.WARMUP_ITERS={warmup_iters} must lie in [0, SOLVER.MAX_ITER={max_iter})")
     poly = PolynomialDecayParamScheduler(1.0, power)
     if warmup_iters == 0:
         return poly

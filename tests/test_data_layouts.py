@@ -236,6 +236,8 @@ def test_each_layout_loads_with_images_paired_to_labels(dg_root):
         for r in records:
             assert r["dataset_name"] == name and Path(r["file_name"]).is_file()
             assert Path(r["sem_seg_file_name"]).is_file()
+            with Image.open(r["file_name"]) as image:  # what aspect-ratio grouping reads
+                assert (r["width"], r["height"]) == image.size
     urbansyn = DatasetCatalog.get("dg_urbansyn_train")[0]
     assert Path(urbansyn["file_name"]).name == "rgb_0001.png"
     assert Path(urbansyn["sem_seg_file_name"]).name == "ss_0001_labelTrainIds.png"
@@ -260,3 +262,16 @@ def test_unprepared_labels_and_leftover_partials_are_handled(dg_root):
         f.unlink()
     with pytest.raises(DatasetLayoutError, match=r"dg_bdd_val.*no image named <id>\.jpg"):
         DatasetCatalog.get("dg_bdd_val")
+
+
+def test_record_sizes_follow_exif_orientation_as_read_image_does(dg_root):
+    """A phone photo stored 64x32 with "rotate 90" in its EXIF block decodes as 32x64."""
+    from detectron2.data.detection_utils import read_image
+
+    make_prepared_tree(dg_root)
+    path = next((dg_root / "bdd100k" / "images" / "10k" / "val").glob("*.jpg"))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.open(path).convert("RGB").save(path, exif=exif)
+    record = next(r for r in DatasetCatalog.get("dg_bdd_val") if r["file_name"] == str(path))
+    assert (record["height"], record["width"]) == read_image(str(path)).shape[:2] == (80, 45)

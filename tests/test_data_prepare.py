@@ -18,7 +18,11 @@ from test_data_layouts import (H, W, acdc_name, load_script, make_acdc, make_bdd
 
 
 def run(script: str, *argv) -> int:
-    return load_script(script).main([str(a) for a in argv] + ["--workers", "1"])
+    """The script's exit code (a user error exits with 2)."""
+    try:
+        return load_script(script).main([str(a) for a in argv] + ["--workers", "1"])
+    except SystemExit as exit_:
+        return exit_.code
 
 
 def stripe_values(labels: np.ndarray, count: int) -> list[int]:

@@ -44,8 +44,11 @@ def config(tmp_path) -> str:
 
 
 def run(config, *args) -> int:
-    """demo.py's exit code for these command-line arguments."""
-    return demo.main(["--config-file", config, *map(str, args)])
+    """demo.py's exit code for these command-line arguments (usage errors exit with 2)."""
+    try:
+        return demo.main(["--config-file", config, *map(str, args)])
+    except SystemExit as exit_:
+        return exit_.code
 
 
 def make_cfg(config, *opts):
@@ -223,17 +226,17 @@ def test_video_sink_falls_back_and_fails_clearly(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4"]
 
 
-def test_webcam_fails_clearly_without_display_or_camera(config, monkeypatch, caplog):
+def test_webcam_fails_clearly_without_display_or_camera(config, monkeypatch, capsys):
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     assert run(config, "--webcam") == 2
-    assert "display" in caplog.text
+    assert "error: no display" in capsys.readouterr().err
     assert run(config, "--webcam", "--output", "x") == 2
     unopened = cv2.VideoCapture
     monkeypatch.setattr(cv2, "VideoCapture", lambda *source: unopened())  # no camera connected
     monkeypatch.setenv("DISPLAY", ":0")
     assert run(config, "--webcam") == 2
-    assert "cannot open camera 0" in caplog.text
+    assert "error: cannot open camera 0" in capsys.readouterr().err
 
 
 def test_argument_errors_exit_with_usage(config):

@@ -70,6 +70,18 @@ def test_full_finetuning_scales_the_vfm_learning_rate_only():
     assert got["backbone.reins.mlp_delta_f.weight"][0] == pytest.approx(1e-4)
 
 
+def test_detectron2_decay_keys_are_honoured():
+    model = Named()
+    model.backbone.vit.requires_grad_(False)
+    cfg = cfg_for(WEIGHT_DECAY_NORM=0.01, WEIGHT_DECAY_BIAS=0.02, BIAS_LR_FACTOR=2.0)
+    got = settings_by_name(model, build_optimizer(cfg, model))
+    assert got["sem_seg_head.predictor.decoder_norm.weight"] == (pytest.approx(1e-4), 0.01)
+    assert got["sem_seg_head.input_proj.1.bias"] == (pytest.approx(2e-4), 0.01)  # a norm's bias: norm decay
+    assert got["backbone.reins.mlp_delta_f.bias"] == (pytest.approx(2e-4), 0.02)
+    assert got["backbone.reins.mlp_delta_f.weight"] == (pytest.approx(1e-4), 0.05)
+    assert got["backbone.reins.scale"] == (pytest.approx(1e-4), 0.0)
+
+
 def lrs_at(cfg, iterations):
     model = Named()
     model.backbone.vit.requires_grad_(False)

@@ -6,6 +6,7 @@ from detectron2.config import get_cfg
 
 from rein_d2 import add_rein_config
 from rein_d2.data.label_io import LabelError
+from rein_d2.errors import ConfigError
 from rein_d2.data.photometric import PhotometricDistortion, PhotometricParams, PhotometricTransform
 from rein_d2.data.train_mapper import SemanticTrainMapper
 
@@ -85,6 +86,45 @@ def test_invalid_labels_and_mismatched_sizes_are_named(tmp_path):
     record = write_pair(tmp_path)
     cv2.imwrite(record["sem_seg_file_name"], np.zeros((10, 10), np.uint8))
     with pytest.raises(ValueError, match="re-run the dataset's prepare script"):
+        SemanticTrainMapper(mapper_cfg())(record)
+
+
+@pytest.mark.parametrize("flip, mirrored_axis", [("horizontal", 1), ("vertical", 0), ("none", None)])
+def test_random_flip_follows_the_config(tmp_path, flip, mirrored_axis):
+    """A label whose left/top half is 1 and right/bottom half 2 shows which flips happened."""
+    label = np.ones((32, 32), np.uint8)
+    label[16:, :] += 1
+    label[:, 16:] += 2  # quadrants: 1 2+1 / 1+1 2+2 -> values 1, 3, 2, 4
+    cv2.imwrite(str(tmp_path / "img.png"), np.zeros((32, 32, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "lbl.png"), label)
+    cfg = mapper_cfg(crop=32)
+    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.CROP.ENABLED, cfg.INPUT.RANDOM_FLIP = (32,), False, flip
+    mapper = SemanticTrainMapper(cfg)
+    np.random.seed(0)
+    seen = {tuple(mapper({"file_name": str(tmp_path / "img.png"), "sem_seg_file_name": str(tmp_path / "lbl.png")})
+                  ["sem_seg"][[0, 0, 31, 31], [0, 31, 0, 31]].tolist()) for _ in range(16)}
+    expected = {(1, 3, 2, 4)}
+    if mirrored_axis == 1:
+        expected.add((3, 1, 4, 2))
+    elif mirrored_axis == 0:
+        expected.add((2, 4, 1, 3))
+    assert seen == expected
+
+
+def test_unknown_flip_is_refused():
+    cfg = mapper_cfg()
+    cfg.INPUT.RANDOM_FLIP = "diagonal"
+    with pytest.raises(ConfigError, match="INPUT.RANDOM_FLIP='diagonal'"):
+        SemanticTrainMapper(cfg)
+
+
+def test_records_without_sizes_get_them_from_the_image(tmp_path):
+    record = write_pair(tmp_path)
+    del record["height"], record["width"]
+    out = SemanticTrainMapper(mapper_cfg())(dict(record))
+    assert (out["height"], out["width"]) == (60, 100)
+    record.update(height=61, width=100)
+    with pytest.raises(ValueError, match="img.png"):
         SemanticTrainMapper(mapper_cfg())(record)
 
 

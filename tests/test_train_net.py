@@ -1,5 +1,6 @@
 """train_net.py end to end on the synthetic benchmark: train, checkpoint, resume, evaluate."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -110,12 +111,17 @@ def test_checkpoint_restores_identical_outputs(synthetic, caplog):
 
 def test_command_line_errors_name_the_key_and_file(synthetic):
     run = [sys.executable, str(REPO / "train_net.py"), "--config-file", CONFIG]
-    bad = subprocess.run(run + ["MODEL.NOT_A_KEY", "1"], capture_output=True, text=True, cwd=synthetic)
-    assert bad.returncode != 0 and "MODEL.NOT_A_KEY" in bad.stderr
+    bad = subprocess.run(run + ["MODEL.REIN.TOKEN_LENGHT", "1"], capture_output=True, text=True, cwd=synthetic)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1] == ("error: command-line override: unknown config key MODEL.REIN.TOKEN_LENGHT; "
+                                  "did you mean MODEL.REIN.TOKEN_LENGTH?")
     bad_file = synthetic / "bad.yaml"
     bad_file.write_text(f'_BASE_: "{CONFIG}"\nMODEL:\n  VIT:\n    TYPO: 1\n')
     bad = subprocess.run(run[:-1] + [str(bad_file)], capture_output=True, text=True, cwd=synthetic)
-    assert bad.returncode != 0 and "bad.yaml" in bad.stderr and "MODEL.VIT.TYPO" in bad.stderr
+    assert bad.returncode == 2 and "bad.yaml" in bad.stderr and "MODEL.VIT.TYPO" in bad.stderr
+    shown = subprocess.run(run[:-1] + [str(bad_file)], capture_output=True, text=True, cwd=synthetic,
+                           env={**os.environ, "REIN_D2_TRACEBACK": "1"})
+    assert shown.returncode == 1 and "Traceback" in shown.stderr and "ConfigError" in shown.stderr
 
 
 def test_non_finite_loss_names_iteration_and_last_checkpoint(synthetic):

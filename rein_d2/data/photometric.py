@@ -13,6 +13,8 @@ import numpy as np
 from detectron2.data.transforms import Augmentation
 from fvcore.transforms.transform import Transform
 
+from ..errors import ConfigError
+
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.uint8)
@@ -77,7 +79,7 @@ class PhotometricDistortion(Augmentation):
                  saturation_range: tuple[float, float] = (0.5, 1.5), hue_delta: int = 18) -> None:
         super().__init__()
         if image_format not in ("RGB", "BGR"):
-            raise ValueError(f"INPUT.FORMAT={image_format!r}: photometric distortion needs RGB or BGR images")
+            raise ConfigError(f"INPUT.FORMAT={image_format!r}: photometric distortion needs RGB or BGR images")
         self.rgb = image_format == "RGB"
         self.brightness_delta = brightness_delta
         self.contrast_range = contrast_range

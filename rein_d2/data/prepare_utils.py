@@ -20,12 +20,14 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..errors import ReinD2Error
 from ..utils.atomic import atomic_output
+from ..utils.cli import user_errors
 from .label_io import LabelError, check_train_ids, image_size, read_ids
 from .loader import datasets_root
 
 
-class PrepareError(RuntimeError):
+class PrepareError(ReinD2Error, RuntimeError):
     """One input cannot be prepared; the message names the file and the fix."""
 
 
@@ -174,9 +176,5 @@ def run_jobs(work: Callable, jobs: Sequence, workers: int, desc: str) -> int:
 
 
 def main_guard(run: Callable[[], int]) -> int:
-    """Run a prepare script's body; a PrepareError becomes a clean message and exit code 2."""
-    try:
-        return run()
-    except PrepareError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    """Run a prepare script's body: its exit code, or a user error's message and exit code 2."""
+    return user_errors(run)()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ..errors import ConfigError
 from .catalog import DG_DATASETS, DGDataset
 from .classes import CITYSCAPES_CLASSES, CITYSCAPES_COLORS, IGNORE_LABEL
 from .loader import datasets_root, load_dg_dataset
@@ -29,7 +30,7 @@ def register_split(name: str, loader: Callable[[], list[dict]], metadata: dict) 
     """Register (or re-register) a rein-d2 split; a name taken by another package is an error."""
     if name in DatasetCatalog:
         if name not in _REGISTERED:
-            raise ValueError(f"dataset name '{name}' is already registered by another package; "
+            raise ConfigError(f"dataset name '{name}' is already registered by another package; "
                              "rein-d2 cannot register its split under that name")
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)

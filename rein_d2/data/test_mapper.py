@@ -12,6 +12,7 @@ from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import read_image
 
+from ..errors import ConfigError, ReinD2Error
 from .label_io import image_size
 
 # The official test scales belong to the 512-crop configs; the 1024-crop configs use
@@ -19,7 +20,7 @@ from .label_io import image_size
 REFERENCE_CROP = 512
 
 
-class ImageReadError(OSError):
+class ImageReadError(ReinD2Error, OSError):
     """An image file that cannot be decoded."""
 
 
@@ -65,7 +66,7 @@ class DGTestDatasetMapper:
 
     def __call__(self, record: dict) -> dict:
         if "dataset_name" not in record:
-            raise KeyError(f"record of {record['file_name']} has no 'dataset_name': "
+            raise ConfigError(f"record of {record['file_name']} has no 'dataset_name': "
                            "DGTestDatasetMapper serves the dg_* datasets, whose loader adds it")
         image = read_image_checked(record["file_name"], self.image_format)
         height, width = image.shape[:2]

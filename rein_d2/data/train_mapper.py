@@ -2,7 +2,7 @@
 
 Random shortest edge (INPUT.MIN_SIZE_TRAIN, choice; capped by INPUT.MAX_SIZE_TRAIN), random
 crop retried until no class covers more than INPUT.CROP.SINGLE_CATEGORY_MAX_AREA (MMSeg's
-cat_max_ratio), horizontal flip, photometric distortion (INPUT.COLOR_AUG_SSD), then
+cat_max_ratio), flip (INPUT.RANDOM_FLIP), photometric distortion (INPUT.COLOR_AUG_SSD), then
 padding to INPUT.SIZE_DIVISIBILITY (the crop size) with the ignore label, as Mask2Former's
 semantic mapper does.
 """
@@ -13,12 +13,15 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import CfgNode, configurable
 from detectron2.data import transforms as T
+from detectron2.data.detection_utils import check_image_size
 
+from ..errors import ConfigError
 from .classes import IGNORE_LABEL
-from .label_io import read_train_ids
+from .label_io import LabelError, read_train_ids
 from .photometric import PhotometricDistortion
 from .test_mapper import read_image_checked
 
+FLIPS = ("horizontal", "vertical", "none")  # Detectron2's INPUT.RANDOM_FLIP values
 IMAGE_PAD_VALUE = 128  # Mask2Former's; padded pixels carry the ignore label anyway
 
 
@@ -28,7 +31,11 @@ def build_train_augmentations(cfg: CfgNode) -> list[T.Augmentation]:
     if cfg.INPUT.CROP.ENABLED:
         augs.append(T.RandomCrop_CategoryAreaConstraint(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE,
                                                          cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA, IGNORE_LABEL))
-    augs.append(T.RandomFlip())
+    if cfg.INPUT.RANDOM_FLIP not in FLIPS:
+        raise ConfigError(f"INPUT.RANDOM_FLIP={cfg.INPUT.RANDOM_FLIP!r}; choose one of {', '.join(FLIPS)}")
+    if cfg.INPUT.RANDOM_FLIP != "none":
+        augs.append(T.RandomFlip(horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal",
+                                 vertical=cfg.INPUT.RANDOM_FLIP == "vertical"))
     if cfg.INPUT.COLOR_AUG_SSD:
         augs.append(PhotometricDistortion(cfg.INPUT.FORMAT))
     return augs
@@ -59,12 +66,14 @@ class SemanticTrainMapper:
 
     def __call__(self, record: dict) -> dict:
         if "sem_seg_file_name" not in record:
-            raise KeyError(f"training record of {record.get('file_name')} has no 'sem_seg_file_name': "
+            raise ConfigError(f"training record of {record.get('file_name')} has no 'sem_seg_file_name': "
                            "training needs a labelled split")
+        out = {k: v for k, v in record.items() if k not in ("image", "sem_seg")}
         image = read_image_checked(record["file_name"], self.image_format)
+        check_image_size(out, image)  # sets height/width when the record has none
         label = read_train_ids(record["sem_seg_file_name"]).astype(np.uint8)
         if label.shape != image.shape[:2]:
-            raise ValueError(f"image {record['file_name']} is {image.shape[1]}x{image.shape[0]} but its label "
+            raise LabelError(f"image {record['file_name']} is {image.shape[1]}x{image.shape[0]} but its label "
                              f"{record['sem_seg_file_name']} is {label.shape[1]}x{label.shape[0]}; "
                              "re-run the dataset's prepare script")
         aug_input = T.AugInput(image, sem_seg=label)
@@ -72,6 +81,5 @@ class SemanticTrainMapper:
         image_t = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
         label_t = torch.as_tensor(aug_input.sem_seg.astype(np.int64))
         image_t, label_t = self._pad(image_t, label_t)
-        out = {k: v for k, v in record.items() if k not in ("image", "sem_seg")}
         out.update(image=image_t, sem_seg=label_t)
         return out

@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import logging
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -19,6 +20,8 @@ from torch.utils.data import DataLoader
 from rein_d2.data.test_mapper import DGTestDatasetMapper
 
 from .dg_evaluator import MultiDomainSemSegEvaluator
+
+logger = logging.getLogger(__name__)
 
 
 def build_dg_test_loader(cfg, dataset_names: str | Sequence[str]) -> DataLoader:
@@ -41,8 +44,12 @@ def evaluate_on_domains(cfg, model: nn.Module, dataset_names: Sequence[str] | No
     """Run `model` once over all test datasets (default cfg.DATASETS.TEST) and score each.
 
     Returns {dataset: {"sem_seg": {...}}, ..., "mean": {"sem_seg": {...}}} on the main
-    process ({} on the others), and writes dg_results.{json,md,png}.
+    process ({} on the others), and writes dg_results.{json,md,png}. With no dataset to
+    evaluate it logs so and returns {}.
     """
     names = list(dataset_names or cfg.DATASETS.TEST)
+    if not names:
+        logger.info("no evaluation: DATASETS.TEST is empty")
+        return OrderedDict()
     evaluator = build_dg_evaluator(cfg, names, output_dir, mean_over)
     return inference_on_dataset(model, build_dg_test_loader(cfg, names), evaluator)

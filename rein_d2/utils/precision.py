@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ConfigError
+
 PRECISIONS = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def autocast_dtype(precision: str, config_key: str) -> torch.dtype:
     """The dtype named by `precision`, or an error naming the config key and the choices."""
     if precision not in PRECISIONS:
-        raise ValueError(f"{config_key}={precision!r}; choose one of {sorted(PRECISIONS)}")
+        raise ConfigError(f"{config_key}={precision!r}; choose one of {sorted(PRECISIONS)}")
     return PRECISIONS[precision]

@@ -13,13 +13,14 @@ from types import TracebackType
 import cv2
 import numpy as np
 
+from ..errors import ReinD2Error
 from .atomic import atomic_output
 
 # Tried in order; mp4v works in the opencv-python wheels, the others in system builds.
 DEFAULT_CODECS: tuple[str, ...] = ("mp4v", "avc1", "MJPG", "XVID")
 
 
-class VideoCodecError(RuntimeError):
+class VideoCodecError(ReinD2Error, RuntimeError):
     """No codec can write the requested video file."""
 
 
