@@ -47,13 +47,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.modeling import build_backbone, build_model
 from detectron2.utils.events import EventStorage
 from tabulate import tabulate
 from torch import nn
 
-from rein_d2 import add_rein_config
+from rein_d2.config import load_config
+from rein_d2.utils.cli import user_errors
 from rein_d2.benchmark.deform_attn import gather_ms_deform_attn, per_point_ms_deform_attn
 from rein_d2.benchmark.flops import count_flops
 from rein_d2.benchmark.official_rein import OfficialStyleRein
@@ -92,11 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load_config(args: argparse.Namespace) -> CfgNode:
-    cfg = get_cfg()
-    add_rein_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+def benchmark_config(args: argparse.Namespace) -> CfgNode:
+    cfg = load_config(args.config_file, args.opts)
     cfg.MODEL.DEVICE = args.device
     cfg.freeze()
     return cfg
@@ -365,9 +363,10 @@ def table(results: dict) -> str:
     return tabulate(rows, headers=["measure", "value"])
 
 
+@user_errors
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    results = Benchmark(load_config(args), args).run()
+    results = Benchmark(benchmark_config(args), args).run()
     print(table(results))
     if args.output:
         with atomic_output(args.output) as tmp:

@@ -21,13 +21,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
 from detectron2.utils.logger import setup_logger
 from safetensors.torch import save_file
 from tabulate import tabulate
 
-from rein_d2 import add_rein_config
+from rein_d2.config import load_config
+from rein_d2.utils.cli import user_errors
 from rein_d2.data import make_synthetic_video, register_synthetic_dg
 from rein_d2.engine import ReinTrainer
 from rein_d2.utils.atomic import atomic_output, atomic_write_bytes
@@ -51,13 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def load_cfg(mode: str, out: Path, iters: int, vit_weights: Path) -> CfgNode:
-    cfg = get_cfg()
-    add_rein_config(cfg)
-    cfg.merge_from_file(str(CONFIGS / f"tiny_synthetic_{mode}.yaml"))
-    cfg.OUTPUT_DIR = str(out / mode)
-    cfg.SOLVER.MAX_ITER = iters
-    cfg.SOLVER.CHECKPOINT_PERIOD = iters
-    cfg.MODEL.VIT.WEIGHTS = "" if mode == "full" else str(vit_weights)
+    cfg = load_config(str(CONFIGS / f"tiny_synthetic_{mode}.yaml"), [
+        "OUTPUT_DIR", str(out / mode), "SOLVER.MAX_ITER", str(iters), "SOLVER.CHECKPOINT_PERIOD", str(iters),
+        "MODEL.VIT.WEIGHTS", "" if mode == "full" else str(vit_weights)])
     cfg.freeze()
     return cfg
 
@@ -105,6 +102,7 @@ def step(number: int, title: str, work: Callable[[], object]) -> object:
     return result
 
 
+@user_errors
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     out = args.output_dir.resolve()

@@ -17,13 +17,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.engine import SimpleTrainer
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 from torch import nn
 
-from ..config import add_rein_config
+from ..config import load_config
 from ..engine.amp import MixedPrecisionTrainer
 from ..solver import build_optimizer
 from .memory import LIVE_MEMORY_ENV, PeakMemory
@@ -106,9 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, nargs=2, required=True, metavar=("H", "W"))
     parser.add_argument("--batch", type=int, default=1)
     args = parser.parse_args(argv)
-    cfg = get_cfg()
-    add_rein_config(cfg)
-    cfg.merge_from_file(args.config)
+    cfg = load_config(args.config)
     print(json.dumps(peak_training_memory(cfg, tuple(args.size), args.batch)))
 
 
