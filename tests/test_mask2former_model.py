@@ -8,7 +8,8 @@ from detectron2.structures import Instances
 from torch import nn
 
 from rein_d2 import add_rein_config
-from rein_d2.modeling.meta_arch import SlideWindow, padding_divisor
+from rein_d2.modeling.meta_arch import SlideWindow, padding_divisor, semantic_inference
+from rein_d2.modeling.meta_arch.mask_former_model import upsampled_semantic_inference
 from rein_d2.modeling.rein import REIN_QUERIES_KEY
 
 NUM_CLASSES = 4
@@ -246,6 +247,18 @@ def test_window_grid_follows_mmsegmentation():
     assert window.boxes(300, 400) == [(0, 300, 0, 400)]
     with pytest.raises(ValueError, match="STRIDE"):
         SlideWindow((32, 32), (40, 16))
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 100])
+def test_chunked_upsampled_inference_equals_upsampling_every_mask_first(chunk):
+    """Peak memory is one chunk of upsampled masks; the scores are those of the whole stack."""
+    torch.manual_seed(0)
+    logits, masks = torch.randn(2, 7, 5), torch.randn(2, 7, 6, 10)
+    whole = semantic_inference(logits, torch.nn.functional.interpolate(masks, size=(24, 40), mode="bilinear",
+                                                                       align_corners=False))
+    chunked = upsampled_semantic_inference(logits, masks, (24, 40), queries_per_chunk=chunk)
+    assert chunked.dtype == torch.float32
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)
 
 
 def test_padding_divisor_is_the_lcm_of_positive_values():

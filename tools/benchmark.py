@@ -246,6 +246,11 @@ class Benchmark:
             model.slide_window = None
             flops = count_flops(model, (whole_inputs,))
         crops = len(window.boxes(*self.slide_size)) * self.args.batch
+        queries = cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES
+        with tempfile.TemporaryDirectory(prefix="rein-d2-benchmark-") as work_dir:
+            memory = peak_memory_in_subprocesses(
+                {"chunked": cfg, "all_queries": cfg}, Path(work_dir), self.slide_size, self.args.batch,
+                {"chunked": ["--inference"], "all_queries": ["--inference", "--queries-per-chunk", str(queries)]})
         out = {
             "whole": {"size": list(self.size), "seconds": seconds["whole"],
                       "images_per_second": self.args.batch / seconds["whole"], "flops": flops["flops"],
@@ -253,7 +258,11 @@ class Benchmark:
             "slide": {"size": list(self.slide_size), "crop_size": list(window.crop_size), "stride": list(window.stride),
                       "crops": crops, "seconds": seconds["slide"],
                       "images_per_second": self.args.batch / seconds["slide"],
-                      "crops_per_second": crops / seconds["slide"]},
+                      "crops_per_second": crops / seconds["slide"],
+                      "peak_memory_bytes": memory["chunked"]["peak_memory_bytes"],
+                      "queries_per_chunk": memory["chunked"]["queries_per_chunk"],
+                      "peak_memory_bytes_all_queries_at_once": memory["all_queries"]["peak_memory_bytes"],
+                      "memory_method": memory["chunked"]["memory_method"]},
             "amp": cfg.TEST.AMP.PRECISION if cfg.TEST.AMP.ENABLED else None,
         }
         return out
@@ -275,12 +284,23 @@ class Benchmark:
         cfgs = {name: variant(self.cfg, name) for name in VARIANTS}
         with tempfile.TemporaryDirectory(prefix="rein-d2-benchmark-") as work_dir:
             memory = peak_memory_in_subprocesses(cfgs, Path(work_dir), self.size, self.args.batch)
-        steps, counts = {}, {}
-        for name, cfg in cfgs.items():
-            model, steps[name] = build_training_step(cfg, self.size, self.args.batch)
-            counts[name] = parameter_counts(model)
-        with EventStorage():
-            seconds = self.time(steps)
+        counts = {}
+        if self.device.type == "cuda":  # one variant on the device at a time
+            seconds = {}
+            for name, cfg in cfgs.items():
+                model, step = build_training_step(cfg, self.size, self.args.batch)
+                counts[name] = parameter_counts(model)
+                with EventStorage():
+                    seconds.update(self.time({name: step}))
+                del model, step
+                release_memory(self.device)
+        else:  # variants take turns, so that a drifting load slows them alike
+            steps = {}
+            for name, cfg in cfgs.items():
+                model, steps[name] = build_training_step(cfg, self.size, self.args.batch)
+                counts[name] = parameter_counts(model)
+            with EventStorage():
+                seconds = self.time(steps)
         out = {name: {"step_seconds": seconds[name], "images_per_second": self.args.batch / seconds[name],
                       **memory[name], **counts[name]} for name in cfgs}
         out["rein_to_full_memory"] = fraction(memory["rein"]["peak_memory_bytes"], memory["full"]["peak_memory_bytes"])
@@ -319,9 +339,17 @@ class Benchmark:
             if section in self.args.only:
                 print(f"[benchmark] {section} ...", flush=True)
                 self.results[section] = getattr(self, section)()
-                gc.collect()
+                release_memory(self.device)
         self.results["environment"]["load_average_end"] = load_average()
         return self.results
+
+
+def release_memory(device: torch.device) -> None:
+    """Free what the previous variant or section left (its tensors and, on CUDA, the cached
+    blocks), so that the next one is measured on its own."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def environment(device: torch.device) -> dict:

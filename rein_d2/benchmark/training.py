@@ -1,9 +1,9 @@
-"""Training variants: their step as the real trainer runs it, and their peak memory.
+"""Training variants: their step as the real trainer runs it, and peak memory of training and inference.
 
-Peak memory is measured with `python -m rein_d2.benchmark.training CONFIG.yaml --size H W`,
-one fresh process per variant, which prints one JSON line: on the CPU only a fresh process
-gives an honest peak (see memory.py). Step times are measured in the calling process, where
-the variants can take turns (timing.median_seconds).
+Peak memory is measured with `python -m rein_d2.benchmark.training CONFIG.yaml --size H W
+[--inference]`, one fresh process per variant, which prints one JSON line: on the CPU only a
+fresh process gives an honest peak (see memory.py). Step times are measured in the calling
+process, where the variants can take turns (timing.median_seconds).
 """
 from __future__ import annotations
 
@@ -71,15 +71,16 @@ def peak_training_memory(cfg: CfgNode, size: tuple[int, int], batch: int) -> dic
 
 
 def peak_memory_in_subprocesses(cfgs: Mapping[str, CfgNode], work_dir: Path, size: tuple[int, int],
-                                batch: int) -> dict[str, dict]:
-    """peak_training_memory of each variant in its own process. On the CPU they run side by
-    side (each process counts only its own memory); on CUDA one at a time, as they share a device."""
+                                batch: int, extra_args: Mapping[str, list[str]] | None = None) -> dict[str, dict]:
+    """peak_training_memory of each variant in its own process (or what `extra_args[name]`,
+    e.g. ["--inference"], asks of it). On the CPU they run side by side (each process counts
+    only its own memory); on CUDA one at a time, as they share a device."""
     commands = {}
     for name, cfg in cfgs.items():
         config_path = work_dir / f"{name}.yaml"
         config_path.write_text(cfg.dump())
         commands[name] = [sys.executable, "-m", "rein_d2.benchmark.training", str(config_path),
-                          "--size", *map(str, size), "--batch", str(batch)]
+                          "--size", *map(str, size), "--batch", str(batch), *(extra_args or {}).get(name, [])]
     concurrent = all(torch.device(cfg.MODEL.DEVICE).type == "cpu" for cfg in cfgs.values())
     results = {}
     running: dict[str, subprocess.Popen] = {}
@@ -100,14 +101,35 @@ def _result(name: str, command: list[str], process: subprocess.Popen) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
 
 
+def peak_inference_memory(cfg: CfgNode, size: tuple[int, int], batch: int, queries_per_chunk: int = 0) -> dict:
+    """Peak memory of one inference call (sliding window if TEST.SLIDE.ENABLED) beyond the model's
+    weights; `queries_per_chunk` > 0 overrides how many queries' masks are upsampled at a time."""
+    model = build_model(cfg).eval()
+    if queries_per_chunk:
+        model.queries_per_chunk = queries_per_chunk
+    images = [{"image": image["image"]} for image in synthetic_batch(size, batch, 1)]
+    memory = PeakMemory(torch.device(cfg.MODEL.DEVICE))
+    memory.start()
+    with torch.no_grad():
+        model(images)
+    return {"peak_memory_bytes": memory.peak_bytes(), "memory_method": memory.method,
+            "queries_per_chunk": model.queries_per_chunk}
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Peak training memory of one config, as one JSON line.")
+    parser = argparse.ArgumentParser(description="Peak training (or inference) memory of one config, "
+                                                 "as one JSON line.")
     parser.add_argument("config", help="a full config dump (YAML)")
     parser.add_argument("--size", type=int, nargs=2, required=True, metavar=("H", "W"))
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--inference", action="store_true", help="one inference call instead of training steps")
+    parser.add_argument("--queries-per-chunk", type=int, default=0, help="with --inference: override the chunk")
     args = parser.parse_args(argv)
     cfg = load_config(args.config)
-    print(json.dumps(peak_training_memory(cfg, tuple(args.size), args.batch)))
+    if args.inference:
+        print(json.dumps(peak_inference_memory(cfg, tuple(args.size), args.batch, args.queries_per_chunk)))
+    else:
+        print(json.dumps(peak_training_memory(cfg, tuple(args.size), args.batch)))
 
 
 if __name__ == "__main__":
