@@ -9,6 +9,7 @@ from detectron2.data import DatasetCatalog
 
 from rein_d2.config import add_rein_config
 from rein_d2.data import DGTestDatasetMapper, ImageReadError, fit_in
+from rein_d2.errors import ConfigError
 from test_data_layouts import H, W, make_prepared_tree, read
 
 
@@ -69,5 +70,5 @@ def test_unreadable_image_names_the_file(dg_root):
         f.write(b"\x89PNG\r\n\x1a\n truncated")
     with pytest.raises(ImageReadError, match=f"cannot read image {record['file_name']}"):
         DGTestDatasetMapper(image_format="RGB")(record)
-    with pytest.raises(KeyError, match="has no 'dataset_name'"):
+    with pytest.raises(ConfigError, match="has no 'dataset_name'"):
         DGTestDatasetMapper(image_format="RGB")({"file_name": record["file_name"]})

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from ...checkpoint.vfm_weights import load_vfm_weights
 from ..rein import REIN_QUERIES_KEY
 from .peft import build_peft
+from .pos_embed import use_official_pos_embed
 
 logger = logging.getLogger(__name__)
 
@@ -45,19 +46,21 @@ def create_timm_vfm(
     """Build a timm VFM with random weights, without a classifier head.
 
     `overrides` (embed_dim, depth, num_heads) shrink or change the architecture; pass
-    only the ones to change.
+    only the ones to change. Position grids are resampled off the native grid as the
+    family's official code does (`pos_embed.use_official_pos_embed`).
     """
     kwargs = dict(pretrained=False, num_classes=0, patch_size=patch_size, img_size=img_size,
                   drop_path_rate=drop_path_rate, **overrides)
     if dynamic_img_size:
         kwargs["dynamic_img_size"] = True
     try:
-        return timm.create_model(timm_name, **kwargs)
+        model = timm.create_model(timm_name, **kwargs)
     except RuntimeError as err:
         if "Unknown model" not in str(err):
             raise
         raise ValueError(f"MODEL.VIT.TIMM_NAME={timm_name!r} is not a timm model; "
                          f"list them with `timm.list_models('*dinov2*')`") from err
+    return use_official_pos_embed(model, timm_name)
 
 
 def enable_grad_checkpointing(vit: nn.Module) -> None:
