@@ -116,3 +116,25 @@ def test_dinov2_large_config_has_the_papers_trainable_parameters():
     cfg.MODEL.VIT.WEIGHTS = ""  # the DINOv2 release is not available here; the count does not depend on it
     backbone = build_backbone(cfg)
     assert sum(p.numel() for p in backbone.parameters() if p.requires_grad) == 2_990_081
+
+
+@pytest.mark.parametrize("finetune", ["rein", "freeze", "full"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_trainable_parameter_gets_a_gradient(family, finetune):
+    """DDP (find_unused_parameters off) fails on the second step if a trainable parameter is off
+    the forward path: the final norm, SAM's neck, the head and blocks after the last feature are
+    removed, and Rein has one layer per block that runs."""
+    cfg = tiny_cfg(finetune, **FAMILIES[family])
+    cfg.MODEL.VIT.DEPTH = 5  # the fifth block is not needed for OUT_INDICES [0, 1, 2, 3]
+    cfg.MODEL.REIN.LINK_TOKEN_TO_QUERY = finetune == "rein"
+    backbone = build(cfg).train()
+    assert len(backbone.vit.blocks) == 4
+    features = backbone(torch.randn(1, 3, 64, 64))
+    trainable = {n: p for n, p in backbone.named_parameters() if p.requires_grad}
+    if finetune == "freeze":  # nothing to train in the backbone: the head trains alone
+        assert not trainable and not any(f.requires_grad for f in features.values())
+        return
+    sum(f.square().mean() for f in features.values()).backward()
+    assert [n for n, p in trainable.items() if p.grad is None] == []
+    if finetune == "rein":
+        assert backbone.reins.num_layers == 4

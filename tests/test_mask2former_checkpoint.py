@@ -53,11 +53,11 @@ PIXEL_DECODER = {
     "layer_1.weight": (C, C, 3, 3), "layer_1.norm.weight": (C,), "layer_1.norm.bias": (C,),
 }
 PREDICTOR = {
-    **{f"transformer_self_attention_layers.{i}.self_attn.{k}": s for i in range(2) for k, s in ATTENTION.items()},
-    **{f"transformer_self_attention_layers.{i}.{k}": s for i in range(2) for k, s in NORM.items()},
-    **{f"transformer_cross_attention_layers.{i}.multihead_attn.{k}": s for i in range(2) for k, s in ATTENTION.items()},
-    **{f"transformer_cross_attention_layers.{i}.{k}": s for i in range(2) for k, s in NORM.items()},
-    **{f"transformer_ffn_layers.{i}.{k}": s for i in range(2) for k, s in FFN_LAYER.items()},
+    **{f"transformer_self_attention_layers.{i}.self_attn.{k}": s for i in range(3) for k, s in ATTENTION.items()},
+    **{f"transformer_self_attention_layers.{i}.{k}": s for i in range(3) for k, s in NORM.items()},
+    **{f"transformer_cross_attention_layers.{i}.multihead_attn.{k}": s for i in range(3) for k, s in ATTENTION.items()},
+    **{f"transformer_cross_attention_layers.{i}.{k}": s for i in range(3) for k, s in NORM.items()},
+    **{f"transformer_ffn_layers.{i}.{k}": s for i in range(3) for k, s in FFN_LAYER.items()},
     "decoder_norm.weight": (H,), "decoder_norm.bias": (H,),
     "query_feat.weight": (Q, H), "query_embed.weight": (Q, H), "level_embed.weight": (3, H),
     **{f"input_proj.{i}.{p}": s for i in range(3) for p, s in [("weight", (H, C, 1, 1)), ("bias", (H,))]},
@@ -83,7 +83,7 @@ def small_cfg(link=False, num_classes=K):
     head.IN_FEATURES, head.COMMON_STRIDE, head.TRANSFORMER_ENC_LAYERS = list(CHANNELS), 4, 2
     mf = cfg.MODEL.MASK_FORMER
     mf.TRANSFORMER_IN_FEATURE = "multi_scale_pixel_decoder"
-    mf.HIDDEN_DIM, mf.NHEADS, mf.DIM_FEEDFORWARD, mf.NUM_OBJECT_QUERIES, mf.DEC_LAYERS = H, HEADS, FFN, Q, 3
+    mf.HIDDEN_DIM, mf.NHEADS, mf.DIM_FEEDFORWARD, mf.NUM_OBJECT_QUERIES, mf.DEC_LAYERS = H, HEADS, FFN, Q, 4  # 3 layers: one per scale
     return cfg
 
 

@@ -70,3 +70,15 @@ def test_frozen_backbone_without_rein_needs_learned_queries():
     model = build_model(tiny_reinvit_cfg(finetune="freeze", link=False))
     model.train()
     assert all(torch.isfinite(v) for v in model(batch()).values())
+
+
+@pytest.mark.parametrize("finetune, link", [("rein", True), ("rein", False), ("freeze", False), ("full", False)])
+def test_every_trainable_parameter_of_the_whole_model_gets_a_gradient(finetune, link):
+    """What DDP without find_unused_parameters needs of every fine-tune mode: one backward of the
+    Mask2Former losses reaches every trainable tensor, backbone and head alike."""
+    torch.manual_seed(0)
+    model = build_model(tiny_reinvit_cfg(finetune=finetune, link=link)).train()
+    sum(model(batch()).values()).backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert any(n.startswith("backbone.") for n, _ in trainable) == (finetune != "freeze")
+    assert [n for n, p in trainable if p.grad is None] == []

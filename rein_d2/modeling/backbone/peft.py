@@ -11,6 +11,7 @@ from detectron2.config import CfgNode
 from detectron2.utils.registry import Registry
 from torch import nn
 
+from ...errors import ConfigKeyError
 from .. import rein
 
 PEFT_REGISTRY = Registry("PEFT")
@@ -48,5 +49,5 @@ def build_peft(cfg: CfgNode, num_layers: int, embed_dims: int, patch_size: int) 
     name = cfg.MODEL.REIN.NAME
     if name not in PEFT_REGISTRY:
         known = ", ".join(sorted(k for k, _ in PEFT_REGISTRY))
-        raise KeyError(f"MODEL.REIN.NAME={name!r} is not registered in PEFT_REGISTRY; registered: {known}")
+        raise ConfigKeyError(f"MODEL.REIN.NAME={name!r} is not registered in PEFT_REGISTRY; registered: {known}")
     return PEFT_REGISTRY.get(name)(cfg, num_layers, embed_dims, patch_size)

@@ -20,6 +20,7 @@ from timm.layers import use_reentrant_ckpt
 from torch import Tensor, nn
 
 from ...checkpoint.vfm_weights import load_vfm_weights
+from ...errors import ConfigError
 from ..rein import REIN_QUERIES_KEY
 from .peft import build_peft
 from .pos_embed import use_official_pos_embed
@@ -58,7 +59,7 @@ def create_timm_vfm(
     except RuntimeError as err:
         if "Unknown model" not in str(err):
             raise
-        raise ValueError(f"MODEL.VIT.TIMM_NAME={timm_name!r} is not a timm model; "
+        raise ConfigError(f"MODEL.VIT.TIMM_NAME={timm_name!r} is not a timm model; "
                          f"list them with `timm.list_models('*dinov2*')`") from err
     return use_official_pos_embed(model, timm_name)
 
@@ -69,7 +70,7 @@ def enable_grad_checkpointing(vit: nn.Module) -> None:
     variant: the reentrant one drops the gradients of parameters (the first block's Rein) when
     no input of the checkpointed call requires grad, as with a frozen patch embedding."""
     if use_reentrant_ckpt():
-        raise ValueError("MODEL.VIT.GRAD_CHECKPOINT needs timm's non-reentrant checkpointing, but "
+        raise ConfigError("MODEL.VIT.GRAD_CHECKPOINT needs timm's non-reentrant checkpointing, but "
                          "TIMM_REENTRANT_CKPT is set: unset it (reentrant checkpoints lose Rein's gradients)")
     vit.set_grad_checkpointing(True)
 
@@ -92,15 +93,22 @@ class ReinViT(Backbone):
         compile_backend: torch.compile backend for the blocks' forward, "" for eager."""
         super().__init__()
         if finetune not in FINETUNE_MODES:
-            raise ValueError(f"MODEL.VIT.FINETUNE={finetune!r}; choose one of {sorted(FINETUNE_MODES)}")
+            raise ConfigError(f"MODEL.VIT.FINETUNE={finetune!r}; choose one of {sorted(FINETUNE_MODES)}")
         attach_peft, train_vit = FINETUNE_MODES[finetune]
         if attach_peft != (peft is not None):
-            raise ValueError(f"fine-tune mode {finetune!r} {'needs' if attach_peft else 'takes no'} refinement module")
+            raise ConfigError(f"fine-tune mode {finetune!r} {'needs' if attach_peft else 'takes no'} refinement module")
         depth = len(vit.blocks)
         increasing = all(a < b for a, b in zip(out_indices, out_indices[1:]))
         if len(out_indices) != len(OUT_FEATURES) or not increasing or not 0 <= out_indices[0] <= out_indices[-1] < depth:
-            raise ValueError(f"MODEL.VIT.OUT_INDICES={list(out_indices)} must be {len(OUT_FEATURES)} increasing "
+            raise ConfigError(f"MODEL.VIT.OUT_INDICES={list(out_indices)} must be {len(OUT_FEATURES)} increasing "
                              f"block indices in [0, {depth - 1}] for this {depth}-block model")
+        # Blocks after the last feature, the final norm (SAM: its neck) and the head are off the
+        # forward path: removed, so that no trainable parameter goes without a gradient (DDP).
+        vit.prune_intermediate_layers(out_indices, prune_norm=True, prune_head=True)
+        refined_layers = getattr(peft, "num_layers", len(vit.blocks))
+        if refined_layers != len(vit.blocks):
+            raise ConfigError(f"the refinement has {refined_layers} layers but the backbone runs {len(vit.blocks)} "
+                              f"blocks (up to MODEL.VIT.OUT_INDICES' last, {out_indices[-1]}); build it for those")
         self.vit = vit
         self.reins = peft
         self.patch_size = patch_size
@@ -134,7 +142,9 @@ class ReinViT(Backbone):
         if v.WEIGHTS:
             load_vfm_weights(vit, v.WEIGHTS, config_key="MODEL.VIT.WEIGHTS")
         attach_peft, _ = FINETUNE_MODES.get(v.FINETUNE, (False, False))
-        peft = build_peft(cfg, len(vit.blocks), vit.embed_dim, v.PATCH_SIZE) if attach_peft else None
+        # One layer per block that runs: those up to the last feature block.
+        layers = min(len(vit.blocks), max(v.OUT_INDICES) + 1)
+        peft = build_peft(cfg, layers, vit.embed_dim, v.PATCH_SIZE) if attach_peft else None
         return dict(vit=vit, patch_size=v.PATCH_SIZE, out_indices=v.OUT_INDICES, finetune=v.FINETUNE, peft=peft,
                     grad_checkpoint=v.GRAD_CHECKPOINT, compile_backend=v.COMPILE)
 

@@ -173,7 +173,9 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         self.num_feature_levels = NUM_SCALES
         self.level_embed = nn.Embedding(NUM_SCALES, hidden_dim)
         self.input_proj = nn.ModuleList()
-        for _ in range(NUM_SCALES):
+        # Layer i attends to scale i % 3: with fewer layers than scales, the scales no layer reads
+        # get no projection (it would never receive a gradient, which DDP refuses).
+        for _ in range(min(NUM_SCALES, dec_layers)):
             if in_channels != hidden_dim or enforce_input_project:
                 proj = Conv2d(in_channels, hidden_dim, kernel_size=1)
                 weight_init.c2_xavier_fill(proj)
@@ -243,9 +245,10 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             raise ValueError(f"MultiScaleMaskedTransformerDecoder needs {self.num_feature_levels} feature scales, "
                              f"got {len(x)}")
         sizes = [f.shape[-2:] for f in x]
-        pos = [self.pe_layer(f).flatten(2).transpose(1, 2) for f in x]
+        read = x[:len(self.input_proj)]  # the scales some layer attends to
+        pos = [self.pe_layer(f).flatten(2).transpose(1, 2) for f in read]
         src = [proj(f).flatten(2).transpose(1, 2) + self.level_embed.weight[i]
-               for i, (proj, f) in enumerate(zip(self.input_proj, x))]
+               for i, (proj, f) in enumerate(zip(self.input_proj, read))]
         output, query_pos = self._initial_queries(mask_features.shape[0], queries)
 
         predictions_class, predictions_mask = [], []
