@@ -147,3 +147,18 @@ def test_costs_and_losses_are_float32_under_autocast():
         losses = criterion(outputs, [{"labels": labels, "masks": target_masks}] * 2)
     assert cost.dtype == torch.float32
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+
+
+def test_float16_masks_without_targets_give_zero_losses_not_nan():
+    """Mask logits of 30 over 4 x 100 x 64 x 64 sum to 4.9e7, past float16's 65504: a float16 sum
+    times 0 would be inf * 0 = NaN, as under CUDA fp16 autocast. The zero stays connected to the masks."""
+    criterion = make_criterion()
+    pred_masks = torch.full((4, 100, 64, 64), 30.0, dtype=torch.float16, requires_grad=True)
+    outputs = {"pred_logits": torch.zeros(4, 100, NUM_CLASSES + 1, dtype=torch.float16), "pred_masks": pred_masks}
+    empty = {"labels": torch.zeros(0, dtype=torch.long), "masks": torch.zeros(0, 64, 64, dtype=torch.bool)}
+    with torch.autocast("cpu", dtype=torch.float16):
+        losses = criterion(outputs, [empty] * 4)
+    assert losses["loss_mask"].item() == 0.0 and losses["loss_dice"].item() == 0.0
+    assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in losses.values())
+    (losses["loss_mask"] + losses["loss_dice"]).backward()
+    assert pred_masks.grad is not None and torch.equal(pred_masks.grad, torch.zeros_like(pred_masks.grad))

@@ -106,7 +106,9 @@ class SetCriterion(nn.Module):
         pred_masks = outputs["pred_masks"]
         batch_idx, query_idx = self._matched_queries(indices)
         if len(query_idx) == 0:
-            zero = pred_masks.sum() * 0.0
+            # Zero, yet connected to the masks so that every mask parameter gets a (zero) gradient;
+            # one element in float32: a float16 sum of all of them can overflow to inf, and inf * 0 is NaN.
+            zero = pred_masks[..., :1, :1].float().sum() * 0.0
             return {"loss_mask": zero, "loss_dice": zero}
         src = pred_masks[batch_idx.to(pred_masks.device), query_idx.to(pred_masks.device)][:, None].float()
         tgt = torch.cat([t["masks"][j] for t, (_, j) in zip(targets, indices)])[:, None].to(src)
