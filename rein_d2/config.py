@@ -134,8 +134,10 @@ def add_rein_config(cfg: CN) -> None:
     rein.ZERO_MLP_DELTA_F = False
     rein.USE_SOFTMAX = True
 
-    # Official Rein optimiser: AdamW, no decay on these names (norms are matched as well).
-    cfg.SOLVER.NO_DECAY_KEYS = ["query_embed", "level_embed", "learnable_tokens", "reins.scale"]
+    # Official Rein optimiser: AdamW, no decay on these names (norms are matched as well). The
+    # official keys match MMSeg's names: its "level_embed" is the decoder's (predictor.level_embed);
+    # the pixel decoder's (MMDet's level_encoding, here transformer.level_embed) decays.
+    cfg.SOLVER.NO_DECAY_KEYS = ["query_embed", "predictor.level_embed", "learnable_tokens", "reins.scale"]
     cfg.SOLVER.BETAS = [0.9, 0.999]
     cfg.SOLVER.EPS = 1e-8
     cfg.SOLVER.AMP.PRECISION = "float16"  # or "bfloat16" (CUDA or CPU)

@@ -7,11 +7,17 @@ SOLVER.NO_DECAY_KEYS (query and level embeddings, Rein tokens and scale) do not 
 every other tensor decays, biases included (by SOLVER.WEIGHT_DECAY_BIAS when set, their
 learning rate times SOLVER.BIAS_LR_FACTOR, both Detectron2 keys whose defaults change
 nothing). The VFM's own weights (trained only in Full mode) get SOLVER.BACKBONE_MULTIPLIER.
+The official keys are matched against MMSeg's parameter names, so rein-d2's keys name what
+they matched there: "predictor.level_embed" is the decoder's `level_embed`, while the pixel
+decoder's `transformer.level_embed` (MMDet's `level_encoding`) decays, as in the official run.
+The groups are logged when the optimizer is built: tensors, parameters, lr and weight decay.
 The schedule is linear warmup from SOLVER.WARMUP_FACTOR over SOLVER.WARMUP_ITERS, then
-polynomial decay over the remaining iterations, as MMEngine's LinearLR + PolyLR chain.
+polynomial decay over the remaining iterations, iteration for iteration MMEngine's LinearLR +
+PolyLR chain (which ends at 0 on the last iteration).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -19,19 +25,18 @@ from detectron2.config import CfgNode
 from detectron2.solver.build import maybe_add_gradient_clipping, reduce_param_groups
 from detectron2.solver.lr_scheduler import LRMultiplier
 from detectron2.projects.deeplab import build_lr_scheduler as deeplab_build_lr_scheduler
-from fvcore.common.param_scheduler import (
-    CompositeParamScheduler,
-    LinearParamScheduler,
-    ParamScheduler,
-    PolynomialDecayParamScheduler,
-)
+from fvcore.common.param_scheduler import ParamScheduler
+from tabulate import tabulate
 from torch import nn
 
 from .errors import ConfigError
 
+logger = logging.getLogger(__name__)
+
 NORM_TYPES = (nn.GroupNorm, nn.LayerNorm, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 VFM_PREFIX = "backbone.vit."
 REIN_SCHEDULER = "WarmupThenPolyLR"
+NAMES_SHOWN = 3  # tensor names the parameter-group report shows per group
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,20 @@ def param_groups(model: nn.Module, base_lr: float, rules: DecayRules) -> list[di
     return reduce_param_groups(groups)
 
 
+def param_group_report(groups: list[dict], names: dict[int, str]) -> str:
+    """A table with one row per group: lr, weight decay, tensor and parameter counts, first tensor names."""
+    rows = []
+    for group in groups:
+        params = group["params"]
+        shown = ", ".join(names[id(p)] for p in params[:NAMES_SHOWN])
+        more = f", ... ({len(params) - NAMES_SHOWN} more)" if len(params) > NAMES_SHOWN else ""
+        rows.append([f"{group['lr']:g}", f"{group['weight_decay']:g}", len(params),
+                     f"{sum(p.numel() for p in params):,}", shown + more])
+    table = tabulate(rows, headers=["lr", "weight decay", "tensors", "parameters", "tensors (first)"],
+                     tablefmt="pipe", disable_numparse=True)
+    return f"Optimizer parameter groups ({len(groups)}):\n{table}"
+
+
 def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
     s = cfg.SOLVER
     if s.OPTIMIZER != "ADAMW":
@@ -81,25 +100,42 @@ def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
     groups = param_groups(model, s.BASE_LR, rules)
     if not groups:
         raise ConfigError("the model has no trainable parameter: check MODEL.VIT.FINETUNE")
+    logger.info(param_group_report(groups, {id(p): n for n, p in model.named_parameters()}))
     optimizer_cls = maybe_add_gradient_clipping(cfg, torch.optim.AdamW)
     return optimizer_cls(groups, lr=s.BASE_LR, betas=tuple(s.BETAS), eps=s.EPS, weight_decay=s.WEIGHT_DECAY)
 
 
-def warmup_then_poly(max_iter: int, warmup_iters: int, warmup_factor: float, power: float) -> ParamScheduler:
-    """LR multiplier: warmup_factor -> 1 linearly over warmup_iters, then (1 - t/T)^power to 0."""
-    if not 0 <= warmup_iters < max_iter:
-        raise ConfigError(f"SOLVER.WARMUP_ITERS={warmup_iters} must lie in [0, SOLVER.MAX_ITER={max_iter})")
-    poly = PolynomialDecayParamScheduler(1.0, power)
-    if warmup_iters == 0:
-        return poly
-    warm = warmup_iters / max_iter
-    return CompositeParamScheduler([LinearParamScheduler(warmup_factor, 1.0), poly], lengths=[warm, 1.0 - warm],
-                                   interval_scaling=["rescaled", "rescaled"])
+class WarmupThenPoly(ParamScheduler):
+    """LR multiplier per iteration t of MMEngine's LinearLR(warmup_factor, begin=0, end=W) followed by
+    PolyLR(eta_min=0, begin=W, end=T), the official schedule, as MMEngine computes it: each scheduler
+    spans end - begin - 1 steps, so the warmup reaches 1 at t = W - 1, the poly part starts from the
+    warmup's last value at t = W and reaches 0 at the last iteration, t = T - 1.
+    """
+
+    def __init__(self, max_iter: int, warmup_iters: int, warmup_factor: float, power: float) -> None:
+        if not 0 <= warmup_iters < max_iter:
+            raise ConfigError(f"SOLVER.WARMUP_ITERS={warmup_iters} must lie in [0, SOLVER.MAX_ITER={max_iter})")
+        self.max_iter, self.warmup_iters, self.warmup_factor, self.power = max_iter, warmup_iters, warmup_factor, power
+
+    def _warmup(self, it: int) -> float:
+        span = self.warmup_iters - 1
+        return self.warmup_factor + (1.0 - self.warmup_factor) * (it / span if span else 0.0)
+
+    def at_iteration(self, it: int) -> float:
+        if it < self.warmup_iters:
+            return self._warmup(it)
+        peak = self._warmup(self.warmup_iters - 1) if self.warmup_iters else 1.0
+        span = self.max_iter - self.warmup_iters - 1
+        done = min(it - self.warmup_iters, span) / span if span else 0.0
+        return peak * (1.0 - done) ** self.power
+
+    def __call__(self, where: float) -> float:
+        return self.at_iteration(round(where * self.max_iter))  # LRMultiplier passes iteration / max_iter
 
 
 def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
     s = cfg.SOLVER
     if s.LR_SCHEDULER_NAME != REIN_SCHEDULER:
         return deeplab_build_lr_scheduler(cfg, optimizer)  # Detectron2's and Mask2Former's WarmupPolyLR
-    multiplier = warmup_then_poly(s.MAX_ITER, s.WARMUP_ITERS, s.WARMUP_FACTOR, s.POLY_LR_POWER)
+    multiplier = WarmupThenPoly(s.MAX_ITER, s.WARMUP_ITERS, s.WARMUP_FACTOR, s.POLY_LR_POWER)
     return LRMultiplier(optimizer, multiplier, s.MAX_ITER)

@@ -1,4 +1,6 @@
 """Official Rein optimiser groups and learning-rate schedule."""
+import logging
+
 import pytest
 import torch
 from detectron2.config import get_cfg
@@ -28,6 +30,9 @@ class Named(nn.Module):
         self.sem_seg_head.predictor.level_embed = nn.Embedding(3, 4)
         self.sem_seg_head.predictor.decoder_norm = nn.LayerNorm(4)
         self.sem_seg_head.input_proj = nn.Sequential(nn.Conv2d(4, 4, 1), nn.GroupNorm(2, 4))
+        self.sem_seg_head.pixel_decoder = nn.Module()
+        self.sem_seg_head.pixel_decoder.transformer = nn.Module()
+        self.sem_seg_head.pixel_decoder.transformer.level_embed = nn.Parameter(torch.zeros(3, 4))
 
 
 def cfg_for(**solver):
@@ -59,7 +64,33 @@ def test_rein_groups_decay_everything_but_norms_embeddings_and_rein_tokens():
         assert lr == pytest.approx(1e-4)
         assert wd == (0.0 if name in no_decay else 0.05), name
     assert got["sem_seg_head.predictor.query_feat.weight"][1] == 0.05
+    assert got["sem_seg_head.pixel_decoder.transformer.level_embed"][1] == 0.05  # MMDet's level_encoding
     assert got["backbone.reins.mlp_delta_f.bias"][1] == 0.05
+
+
+def table_rows(report):
+    """The body rows of a pipe table, as lists of stripped cells."""
+    lines = [line for line in report.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+
+
+def test_the_groups_are_reported_with_counts_lr_and_decay(caplog):
+    model = Named()
+    model.backbone.vit.requires_grad_(False)
+    with caplog.at_level(logging.INFO, logger="rein_d2"):
+        optimizer = build_optimizer(cfg_for(), model)
+    reports = [r.getMessage() for r in caplog.records if r.name == "rein_d2.solver"]
+    assert len(reports) == 1 and reports[0].startswith("Optimizer parameter groups (2):")
+    rows = table_rows(reports[0])
+    expected = [[f"{g['lr']:g}", f"{g['weight_decay']:g}", str(len(g["params"])),
+                 f"{sum(p.numel() for p in g['params']):,}"] for g in optimizer.param_groups]
+    assert [row[:4] for row in rows] == expected
+    by_decay = {row[1]: row for row in rows}
+    # tokens 2x3, scale 1, query and level embeddings 5x4 + 3x4, a LayerNorm and a GroupNorm 2 x (4 + 4)
+    assert by_decay["0"][:4] == ["0.0001", "0", "8", "55"]
+    # mlp_delta_f 16 + 4, query_feat 20, the conv 16 + 4, the pixel decoder's level embedding 12
+    assert by_decay["0.05"][:4] == ["0.0001", "0.05", "6", "72"]
+    assert by_decay["0"][4].startswith("backbone.reins.learnable_tokens_a, backbone.reins.scale, ")
 
 
 def test_full_finetuning_scales_the_vfm_learning_rate_only():
@@ -98,20 +129,23 @@ def lrs_at(cfg, iterations):
 
 
 def test_poly_from_iteration_zero_as_the_512_recipe():
+    """MMEngine's PolyLR(begin=0, end=T) decays over T - 1 steps: 0 on the last iteration."""
     cfg = cfg_for(MAX_ITER=100)
-    got = lrs_at(cfg, [0, 1, 50, 99])
+    got = lrs_at(cfg, [0, 1, 50, 98, 99])
     for it, lr in got.items():
-        assert lr == pytest.approx(1e-4 * (1 - it / 100) ** 0.9), it
+        assert lr == pytest.approx(1e-4 * (1 - it / 99) ** 0.9, abs=0), it
+    assert got[99] == 0.0
 
 
 def test_linear_warmup_then_poly_as_the_1024_recipe():
+    """LinearLR(begin=0, end=W) reaches 1 at W - 1; PolyLR(begin=W, end=T) then decays over T - W - 1 steps."""
     cfg = cfg_for(MAX_ITER=100, WARMUP_ITERS=25, BASE_LR=6e-5)
-    got = lrs_at(cfg, [0, 10, 25, 60, 99])
+    got = lrs_at(cfg, [0, 10, 24, 25, 60, 99])
     assert got[0] == pytest.approx(6e-5 * 1e-6)
-    assert got[10] == pytest.approx(6e-5 * (1e-6 + (1 - 1e-6) * 10 / 25))
-    assert got[25] == pytest.approx(6e-5)
-    assert got[60] == pytest.approx(6e-5 * (1 - 35 / 75) ** 0.9)
-    assert got[99] == pytest.approx(6e-5 * (1 - 74 / 75) ** 0.9)
+    assert got[10] == pytest.approx(6e-5 * (1e-6 + (1 - 1e-6) * 10 / 24))
+    assert got[24] == pytest.approx(6e-5) and got[25] == pytest.approx(6e-5)
+    assert got[60] == pytest.approx(6e-5 * (1 - 35 / 74) ** 0.9)
+    assert got[99] == 0.0
 
 
 def test_bad_settings_are_explained():

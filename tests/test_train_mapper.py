@@ -161,3 +161,20 @@ def test_photometric_sampling_ranges():
     assert {p.contrast_first for p in params} == {True, False}
     with pytest.raises(ValueError, match="INPUT.FORMAT"):
         PhotometricDistortion("YUV-BT.601")
+
+
+def test_range_sampling_draws_short_edges_in_bounds_and_bad_settings_are_named(tmp_path):
+    record = write_pair(tmp_path)  # 60x100: the short edge is the height
+    cfg = mapper_cfg()
+    cfg.INPUT.CROP.ENABLED, cfg.INPUT.SIZE_DIVISIBILITY = False, -1
+    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING = (40, 44), "range"
+    mapper = SemanticTrainMapper(cfg)
+    np.random.seed(0)
+    heights = {mapper(dict(record))["sem_seg"].shape[0] for _ in range(40)}
+    assert heights == set(range(40, 45))
+    cfg.INPUT.MIN_SIZE_TRAIN = (40, 44, 48)
+    with pytest.raises(ConfigError, match="INPUT.MIN_SIZE_TRAIN=\\[40, 44, 48\\] must be \\[min, max\\]"):
+        SemanticTrainMapper(cfg)
+    cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING = "uniform"
+    with pytest.raises(ConfigError, match="INPUT.MIN_SIZE_TRAIN_SAMPLING='uniform'"):
+        SemanticTrainMapper(cfg)

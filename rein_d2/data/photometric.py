@@ -1,11 +1,16 @@
 """MMSegmentation's PhotoMetricDistortion as a Detectron2 augmentation (images only).
 
-Random brightness, then contrast either before or after the HSV changes, saturation and
-hue, each applied with probability 1/2 and clipped to uint8 after every step, as the
-official Rein training pipeline does.
+Random brightness, then contrast either right after it or last, with saturation and hue in
+between, each applied with probability 1/2, as the official Rein training pipeline does.
+Every step works on uint8 as MMSeg's does: values computed in float32, clipped to [0, 255]
+and truncated; saturation and hue each convert to HSV and back on their own, so the image
+is rounded to uint8 between them. The random numbers come from numpy's global generator in
+MMSeg's order (brightness, contrast mode, [contrast], saturation, hue, [contrast]), so one
+seed gives the official distortion.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -16,8 +21,9 @@ from fvcore.transforms.transform import Transform
 from ..errors import ConfigError
 
 
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-    return np.clip(image, 0, 255).astype(np.uint8)
+def _affine_uint8(values: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
+    """alpha * values + beta in float32, clipped and truncated back to uint8."""
+    return np.clip(values.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
 
 
 @dataclass
@@ -37,29 +43,34 @@ class PhotometricTransform(Transform):
     def __init__(self, params: PhotometricParams, rgb: bool) -> None:
         super().__init__()
         self.params = params
-        self.rgb = rgb
+        self.to_hsv, self.from_hsv = ((cv2.COLOR_RGB2HSV, cv2.COLOR_HSV2RGB) if rgb
+                                      else (cv2.COLOR_BGR2HSV, cv2.COLOR_HSV2BGR))
+
+    def _in_hsv(self, image: np.ndarray, edit: Callable[[np.ndarray], None]) -> np.ndarray:
+        hsv = cv2.cvtColor(image, self.to_hsv)
+        edit(hsv)
+        return cv2.cvtColor(hsv, self.from_hsv)
+
+    def _saturate(self, hsv: np.ndarray) -> None:
+        hsv[..., 1] = _affine_uint8(hsv[..., 1], alpha=self.params.saturation)
+
+    def _shift_hue(self, hsv: np.ndarray) -> None:
+        hsv[..., 0] = (hsv[..., 0].astype(np.int64) + self.params.hue) % 180  # OpenCV's uint8 hue is 0..179
 
     def _contrast(self, image: np.ndarray) -> np.ndarray:
-        if self.params.contrast is None:
-            return image
-        return _to_uint8(image.astype(np.float32) * self.params.contrast)
+        return image if self.params.contrast is None else _affine_uint8(image, alpha=self.params.contrast)
 
     def apply_image(self, img: np.ndarray) -> np.ndarray:
         p = self.params
-        image = img.astype(np.uint8)
+        image = np.ascontiguousarray(img, dtype=np.uint8)
         if p.brightness is not None:
-            image = _to_uint8(image.astype(np.float32) + p.brightness)
+            image = _affine_uint8(image, beta=p.brightness)
         if p.contrast_first:
             image = self._contrast(image)
-        if p.saturation is not None or p.hue is not None:
-            to_hsv, from_hsv = ((cv2.COLOR_RGB2HSV, cv2.COLOR_HSV2RGB) if self.rgb
-                                else (cv2.COLOR_BGR2HSV, cv2.COLOR_HSV2BGR))
-            hsv = cv2.cvtColor(image, to_hsv)
-            if p.saturation is not None:
-                hsv[..., 1] = _to_uint8(hsv[..., 1].astype(np.float32) * p.saturation)
-            if p.hue is not None:
-                hsv[..., 0] = (hsv[..., 0].astype(np.int32) + p.hue) % 180
-            image = cv2.cvtColor(hsv, from_hsv)
+        if p.saturation is not None:
+            image = self._in_hsv(image, self._saturate)
+        if p.hue is not None:
+            image = self._in_hsv(image, self._shift_hue)
         if not p.contrast_first:
             image = self._contrast(image)
         return image
@@ -86,15 +97,20 @@ class PhotometricDistortion(Augmentation):
         self.saturation_range = saturation_range
         self.hue_delta = hue_delta
 
-    def _maybe(self, sample):
+    @staticmethod
+    def _maybe(sample: Callable[[], float]) -> float | None:
+        """A coin flip, then (on heads) the value: MMSeg draws them in this order."""
         return sample() if np.random.randint(2) else None
 
+    def _contrast(self) -> float | None:
+        return self._maybe(lambda: np.random.uniform(*self.contrast_range))
+
     def get_transform(self, image: np.ndarray) -> PhotometricTransform:
-        params = PhotometricParams(
-            brightness=self._maybe(lambda: np.random.uniform(-self.brightness_delta, self.brightness_delta)),
-            contrast_first=bool(np.random.randint(2)),
-            contrast=self._maybe(lambda: np.random.uniform(*self.contrast_range)),
-            saturation=self._maybe(lambda: np.random.uniform(*self.saturation_range)),
-            hue=self._maybe(lambda: int(np.random.randint(-self.hue_delta, self.hue_delta))),
-        )
-        return PhotometricTransform(params, self.rgb)
+        brightness = self._maybe(lambda: np.random.uniform(-self.brightness_delta, self.brightness_delta))
+        contrast_first = bool(np.random.randint(2))
+        contrast = self._contrast() if contrast_first else None
+        saturation = self._maybe(lambda: np.random.uniform(*self.saturation_range))
+        hue = self._maybe(lambda: int(np.random.randint(-self.hue_delta, self.hue_delta)))  # [-18, 17] as MMSeg
+        if not contrast_first:
+            contrast = self._contrast()
+        return PhotometricTransform(PhotometricParams(brightness, contrast, contrast_first, saturation, hue), self.rgb)

@@ -1,12 +1,17 @@
-"""Training mapper with the official Rein augmentations, for any mix of source datasets.
+"""Training mapper with the official Rein training pipeline (MMSeg 1.x), for any mix of source datasets.
 
-Random shortest edge (INPUT.MIN_SIZE_TRAIN, choice; capped by INPUT.MAX_SIZE_TRAIN), random
-crop retried until no class covers more than INPUT.CROP.SINGLE_CATEGORY_MAX_AREA (MMSeg's
-cat_max_ratio), flip (INPUT.RANDOM_FLIP), photometric distortion (INPUT.COLOR_AUG_SSD), then
-padding to INPUT.SIZE_DIVISIBILITY (the crop size) with the ignore label, as Mask2Former's
-semantic mapper does.
+Sample for sample what MMSeg makes of the same image, label and random numbers: a random
+shortest edge (INPUT.MIN_SIZE_TRAIN, capped by INPUT.MAX_SIZE_TRAIN) resized with cv2, a
+random crop retried while one class covers INPUT.CROP.SINGLE_CATEGORY_MAX_AREA (MMSeg's
+cat_max_ratio) or more, flip (INPUT.RANDOM_FLIP), photometric distortion (INPUT.COLOR_AUG_SSD),
+then padding at the bottom and right to INPUT.SIZE_DIVISIBILITY (the crop size): labels with
+the ignore label, images with MODEL.PIXEL_MEAN, which the model's normalisation turns into
+exactly 0, as MMSeg's SegDataPreProcessor pads the normalised image with 0. Padding here
+rather than in the model keeps every batch at the crop size, whatever its crops.
 """
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -18,19 +23,20 @@ from detectron2.data.detection_utils import check_image_size
 from ..errors import ConfigError
 from .classes import IGNORE_LABEL
 from .label_io import LabelError, read_train_ids
+from .official_augmentations import RandomCropCatMaxRatio, RandomShortestEdge
 from .photometric import PhotometricDistortion
 from .test_mapper import read_image_checked
 
 FLIPS = ("horizontal", "vertical", "none")  # Detectron2's INPUT.RANDOM_FLIP values
-IMAGE_PAD_VALUE = 128  # Mask2Former's; padded pixels carry the ignore label anyway
 
 
 def build_train_augmentations(cfg: CfgNode) -> list[T.Augmentation]:
-    augs: list[T.Augmentation] = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN,
-                                                       cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)]
+    """MMSeg's order: resize, crop, flip, photometric distortion."""
+    augs: list[T.Augmentation] = [RandomShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN,
+                                                     cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)]
     if cfg.INPUT.CROP.ENABLED:
-        augs.append(T.RandomCrop_CategoryAreaConstraint(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE,
-                                                         cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA, IGNORE_LABEL))
+        augs.append(RandomCropCatMaxRatio(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE,
+                                          cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA, IGNORE_LABEL))
     if cfg.INPUT.RANDOM_FLIP not in FLIPS:
         raise ConfigError(f"INPUT.RANDOM_FLIP={cfg.INPUT.RANDOM_FLIP!r}; choose one of {', '.join(FLIPS)}")
     if cfg.INPUT.RANDOM_FLIP != "none":
@@ -42,27 +48,31 @@ def build_train_augmentations(cfg: CfgNode) -> list[T.Augmentation]:
 
 
 class SemanticTrainMapper:
-    """Dataset record -> {"image": CHW uint8, "sem_seg": HW long, ...} for MaskFormer training."""
+    """Dataset record -> {"image": CHW float32, "sem_seg": HW long, ...} for MaskFormer training."""
 
     @configurable
-    def __init__(self, *, augmentations: list[T.Augmentation], image_format: str = "RGB",
-                 size_divisibility: int = -1) -> None:
+    def __init__(self, *, augmentations: list[T.Augmentation], pixel_mean: Sequence[float],
+                 image_format: str = "RGB", size_divisibility: int = -1) -> None:
+        """pixel_mean: the model's MODEL.PIXEL_MEAN, the value of padded pixels (0 once normalised)."""
         self.augmentations = T.AugmentationList(augmentations)
+        self.pad_value = torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1)
         self.image_format = image_format
         self.size_divisibility = size_divisibility
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict:
-        return dict(augmentations=build_train_augmentations(cfg), image_format=cfg.INPUT.FORMAT,
-                    size_divisibility=cfg.INPUT.SIZE_DIVISIBILITY)
+        return dict(augmentations=build_train_augmentations(cfg), pixel_mean=cfg.MODEL.PIXEL_MEAN,
+                    image_format=cfg.INPUT.FORMAT, size_divisibility=cfg.INPUT.SIZE_DIVISIBILITY)
 
     def _pad(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.size_divisibility <= 0:
             return image, label
         h, w = label.shape
         d = self.size_divisibility
-        pad = (0, (d - w % d) % d, 0, (d - h % d) % d)
-        return F.pad(image, pad, value=IMAGE_PAD_VALUE), F.pad(label, pad, value=IGNORE_LABEL)
+        padded_h, padded_w = -(-h // d) * d, -(-w // d) * d
+        padded = self.pad_value.expand(image.shape[0], padded_h, padded_w).clone()
+        padded[:, :h, :w] = image
+        return padded, F.pad(label, (0, padded_w - w, 0, padded_h - h), value=IGNORE_LABEL)
 
     def __call__(self, record: dict) -> dict:
         if "sem_seg_file_name" not in record:
@@ -78,7 +88,7 @@ class SemanticTrainMapper:
                              "re-run the dataset's prepare script")
         aug_input = T.AugInput(image, sem_seg=label)
         self.augmentations(aug_input)
-        image_t = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
+        image_t = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1))).float()
         label_t = torch.as_tensor(aug_input.sem_seg.astype(np.int64))
         image_t, label_t = self._pad(image_t, label_t)
         out.update(image=image_t, sem_seg=label_t)
