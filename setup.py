@@ -9,10 +9,12 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["rein_d2", "rein_d2.*"]),
     install_requires=[
-        "torch>=2.1",
+        # torch 2.4: device-generic autocast (torch.get_autocast_dtype, is_autocast_enabled(device));
+        # timm 1.0.13: use_reentrant_ckpt. tools/bootstrap.py checks an installed torch/timm first.
+        "torch>=2.4",
         "torchvision",
         "detectron2",
-        "timm>=1.0",
+        "timm>=1.0.13",
         "fvcore",
         "pycocotools",
         "opencv-python-headless",
@@ -28,5 +30,7 @@ setup(
         "numba",
         "scikit-image",
     ],
-    extras_require={"test": ["pytest"]},
+    # addict, rich, termcolor, yapf: what mmengine (installed by tools/bootstrap.py --tests without
+    # its GUI OpenCV requirement) imports; its matplotlib, numpy and pyyaml come with the above.
+    extras_require={"test": ["pytest", "addict", "rich", "termcolor", "yapf"]},
 )

@@ -1,16 +1,28 @@
-"""Official Rein (MMSegmentation) checkpoints -> rein-d2: every key mapped, same outputs."""
+"""Official Rein (MMSegmentation) checkpoints -> rein-d2: every key mapped, same outputs.
+
+Releases are made as the official ones were: MMEngine's own objects and save function
+(as its CheckpointHook saves), then MMSeg's tools/misc/publish_model.py step (drop the optimizer).
+"""
+import subprocess
 import sys
+import time
+from collections import OrderedDict
 from pathlib import Path
 
+import mmengine
 import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
+from mmengine.logging import MessageHub
+from mmengine.optim import OptimWrapper, PolyLR
+from mmengine.runner.checkpoint import save_checkpoint, weights_to_cpu
 from safetensors.torch import save_file
 
 from rein_d2 import add_rein_config
 from rein_d2.checkpoint.compact import CompactCheckpointer, IncompatibleCheckpointError
 from rein_d2.checkpoint.official_rein import UnmappedKeysError, convert_official_rein
+from rein_d2.data.classes import CITYSCAPES_CLASSES, CITYSCAPES_COLORS
 from rein_d2.modeling.backbone import create_timm_vfm
 
 REPO = Path(__file__).resolve().parent.parent
@@ -138,3 +150,103 @@ def test_a_release_for_another_config_lists_what_does_not_fit(tmp_path, vfm):
         convert_rein_checkpoint.main([str(tmp_path / "official.pth"), str(tmp_path / "x.pth"), "--config-file",
                                       CONFIG, "--opts", *wider])
     assert not (tmp_path / "x.pth").exists()
+
+
+def mmengine_release(state, path, tmp_path):
+    """`state` (official names) written as MMEngine's CheckpointHook writes it, then published as MMSeg does."""
+    hub = MessageHub.get_instance(f"release-{path.stem}")
+    for it in range(3):
+        hub.update_scalar("train/loss", 2.0 / (it + 1))
+        hub.update_scalar("train/lr", 1e-4)
+    hub.update_info("iter", 3)
+    hub.update_info("dataset_meta", {"classes": CITYSCAPES_CLASSES, "palette": [list(c) for c in CITYSCAPES_COLORS]})
+    trainable = [torch.nn.Parameter(v.clone()) for v in state.values()]
+    optim_wrapper = OptimWrapper(torch.optim.AdamW(trainable, lr=1e-4, weight_decay=0.05))
+    optim_wrapper.update_params(sum(p.square().sum() for p in trainable))
+    scheduler = PolyLR(optim_wrapper.optimizer, eta_min=0.0, power=0.9, begin=0, end=40000, by_epoch=False)
+    state_dict = OrderedDict(state)
+    state_dict._metadata = OrderedDict({"backbone": {"version": 1}})
+    checkpoint = {
+        "meta": {"epoch": 0, "iter": 3, "cfg": "model = dict(type='EncoderDecoder')", "seed": 0,
+                 "experiment_name": path.stem, "time": time.strftime("%Y%m%d_%H%M%S"),
+                 "mmengine_version": mmengine.__version__, "dataset_meta": {"classes": CITYSCAPES_CLASSES}},
+        "state_dict": weights_to_cpu(state_dict),
+        "message_hub": hub.state_dict(),
+        "optimizer": optim_wrapper.state_dict(),
+        "param_schedulers": [scheduler.state_dict()],
+    }
+    trained = tmp_path / f"iter_3_{path.stem}.pth"
+    save_checkpoint(checkpoint, str(trained))
+    published = torch.load(trained, map_location="cpu", weights_only=False)  # written just above by this test
+    del published["optimizer"]
+    torch.save(published, path)
+    return path
+
+
+def convert_cli(release, out, link):
+    return subprocess.run([sys.executable, str(REPO / "tools/convert_rein_checkpoint.py"), str(release), str(out),
+                           "--config-file", CONFIG, "--opts", *TINY, "MODEL.REIN.LINK_TOKEN_TO_QUERY", str(link)],
+                          capture_output=True, text=True, timeout=600)
+
+
+def outputs(model):
+    torch.manual_seed(11)
+    batch = [{"image": torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8)}]
+    with torch.no_grad():
+        return model(batch)[0]["sem_seg"]
+
+
+def test_an_mmengine_release_converts_through_the_tool_and_reproduces_the_outputs(tmp_path, vfm):
+    source = tiny_model(vfm)
+    ours, official = release_of(source)
+    source.load_state_dict(ours, strict=False)
+    release = mmengine_release(official, tmp_path / "rein_dinov2_mask2former.pth", tmp_path)
+    published = torch.load(release, weights_only=False)
+    assert set(published) == {"meta", "state_dict", "message_hub", "param_schedulers"}
+    assert type(published["message_hub"]["log_scalars"]["train/loss"]).__name__ == "HistoryBuffer"
+    with pytest.raises(Exception, match="HistoryBuffer"):
+        torch.load(release, weights_only=True)  # why the official releases could not be read before
+
+    result = convert_cli(release, tmp_path / "converted.pth", link=True)
+    assert result.returncode == 0, result.stderr
+    assert "mmengine.logging.history_buffer.HistoryBuffer" in result.stdout + result.stderr  # what was kept inert
+    converted = tiny_model(vfm)
+    assert not torch.equal(outputs(converted), outputs(source))
+    CompactCheckpointer(converted).load(str(tmp_path / "converted.pth"))
+    assert torch.equal(outputs(converted), outputs(source))
+
+
+def test_a_release_without_the_query_link_drops_its_unused_query_layers_with_a_note(tmp_path, vfm):
+    source = tiny_model(vfm, link=False)
+    ours, official = release_of(source)
+    source.load_state_dict(ours, strict=False)
+    query_layers = {k: torch.randn_like(v) for k, v in tiny_model(vfm).state_dict().items()
+                    if k.startswith(("backbone.reins.transform.", "backbone.reins.merge."))}
+    assert len(query_layers) == 4 and not query_layers.keys() & official.keys()
+    release = mmengine_release({**official, **query_layers}, tmp_path / "rein_nolink.pth", tmp_path)
+
+    result = convert_cli(release, tmp_path / "converted.pth", link=False)
+    assert result.returncode == 0, result.stderr
+    assert "note: left out 4 tensors (backbone.reins.merge.bias" in result.stdout
+    assert "Rein's query layers" in result.stdout
+    saved = torch.load(tmp_path / "converted.pth", weights_only=True)["model"]
+    assert not any(k.startswith(("backbone.reins.transform.", "backbone.reins.merge.")) for k in saved)
+    converted = tiny_model(vfm, link=False)
+    CompactCheckpointer(converted).load(str(tmp_path / "converted.pth"))
+    assert torch.equal(outputs(converted), outputs(source))
+
+
+def test_a_release_with_the_frozen_dinov2_converts_without_its_final_norm(tmp_path, vfm):
+    """Official DINOv2 keys of the frozen VFM go to backbone.vit; its final norm, which the
+    backbone never runs (and rein-d2 prunes), is left out with a note."""
+    source = tiny_model(vfm)
+    _, official = release_of(source)
+    frozen = {f"backbone.{k}": v for k, v in source.backbone.vit.state_dict().items()}
+    frozen.update({"backbone.norm.weight": torch.ones(32), "backbone.norm.bias": torch.zeros(32),
+                   "backbone.mask_token": torch.zeros(1, 32)})
+    torch.save({"state_dict": {**official, **frozen}}, tmp_path / "with_backbone.pth")
+    result = convert_cli(tmp_path / "with_backbone.pth", tmp_path / "converted.pth", link=True)
+    assert result.returncode == 0, result.stderr
+    assert "note: left out 2 tensors (backbone.vit.norm.bias, backbone.vit.norm.weight)" in result.stdout
+    saved = torch.load(tmp_path / "converted.pth", weights_only=True)["model"]
+    assert "backbone.vit.blocks.0.attn.qkv.weight" in saved and "backbone.vit.norm.weight" not in saved

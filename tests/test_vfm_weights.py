@@ -11,6 +11,7 @@ from dinov2.models.vision_transformer import DinoVisionTransformer
 from safetensors.torch import save_file
 
 from rein_d2.checkpoint import IncompatibleWeightsError, load_vfm_weights, read_state_dict
+from rein_d2.checkpoint.restricted_pickle import UnsafePickleError
 from rein_d2.modeling.backbone import ReinViT, create_timm_vfm
 from rein_d2.modeling.rein import LoRAReins
 
@@ -138,7 +139,7 @@ class Payload:
 def test_pickled_objects_are_refused_without_unpickling(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"model": Payload()}, path)
-    with pytest.raises(ValueError, match="not a plain tensor checkpoint"):
+    with pytest.raises(UnsafePickleError, match=r"evil\.pth is refused: reading it would call .*Payload\._record"):
         read_state_dict(path, "MODEL.VIT.WEIGHTS")
     assert not Payload.loaded
     assert pickle.loads(pickle.dumps(Payload())) == {} and Payload.loaded  # the payload does work

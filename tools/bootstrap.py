@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.metadata
+import itertools
 import shutil
 import subprocess
 import sys
@@ -27,8 +28,43 @@ D2_SHA256 = "491af0c7f79bdb2d178e46f6cb16a97c4ac968d45c41ea3f6b6435d59bbee561"
 # Installed without their declared requirements: imagecorruptions-imaug would add the GUI
 # build of OpenCV beside the headless one (both own `cv2`); what it imports is in setup.py.
 NO_DEPS = ["imagecorruptions-imaug==1.1.5"]
-# The official DINOv2 model code, a reference in the tests; its pins (torch 2.0, xformers) are not needed.
-TEST_ONLY_NO_DEPS = ["dinov2==0.0.1.dev2"]
+# References in the tests, installed without their declared requirements: the official DINOv2
+# model code (its pins, torch 2.0 and xformers, are not needed) and MMEngine, which writes
+# checkpoints as the official Rein releases were written (it requires the GUI OpenCV, which
+# fights the headless build over `cv2`; its light requirements are setup.py's "test" extra).
+TEST_ONLY_NO_DEPS = ["dinov2==0.0.1.dev2", "mmengine==0.10.7"]
+
+
+# setup.py's floors (tests/test_bootstrap.py keeps the two equal): what the code calls first
+# appeared in these versions. An older one already installed (e.g. a CUDA build chosen by the
+# user) is reported here instead of being replaced by pip or failing mid-run.
+VERSION_FLOORS = {"torch": ("2.4", "torch.get_autocast_dtype and torch.is_autocast_enabled(device_type)"),
+                  "timm": ("1.0.13", "timm.layers.use_reentrant_ckpt")}
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """(2, 4, 1) of "2.4.1+cu121"; enough to compare release versions."""
+    numbers = []
+    for part in version.split("+")[0].split("."):
+        digits = "".join(itertools.takewhile(str.isdigit, part))
+        if not digits:
+            break
+        numbers.append(int(digits))
+    return tuple(numbers)
+
+
+def check_installed_floors() -> None:
+    """Refuse to go on over an installed torch or timm older than rein-d2 needs."""
+    for package, (floor, needs) in VERSION_FLOORS.items():
+        try:
+            installed = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue  # pip installs a recent one
+        if version_tuple(installed) < version_tuple(floor):
+            raise SystemExit(f"bootstrap: {package} {installed} is installed, but rein-d2 needs {package}>={floor} "
+                             f"({needs}). Upgrade it first, keeping your CUDA build, e.g. "
+                             f"pip install '{package}>={floor}' (for torch, with the --index-url of your CUDA "
+                             "version from pytorch.org), then run this again.")
 
 
 def pip(*args: str) -> None:
@@ -102,6 +138,7 @@ def main() -> None:
     parser.add_argument("--tests", action="store_true", help="also install the test requirements")
     args = parser.parse_args()
 
+    check_installed_floors()
     kept = registered_detectron2()
     # One resolver run for Detectron2 and rein-d2, so that their requirements agree.
     install = ["install", "--quiet"]

@@ -12,17 +12,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from detectron2.utils.logger import setup_logger
 from safetensors.torch import save_file
 from tqdm import tqdm
 
 from rein_d2.checkpoint.vfm_weights import IncompatibleWeightsError, fit_to_model, read_state_dict
 from rein_d2.modeling.backbone import create_timm_vfm
 from rein_d2.utils.atomic import atomic_output
+from rein_d2.utils.cli import user_errors
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("input", type=Path, help="official DINOv2 .pth, or a timm .pth/.safetensors")
+    parser.add_argument("input", type=Path, help="official DINOv2 .pth, or a timm .pth/.safetensors "
+                        "(pickled files are read by the restricted reader, which refuses any that would run code)")
     parser.add_argument("output", type=Path, help="where to write the converted .safetensors")
     parser.add_argument("--timm-name", required=True, help="timm architecture, e.g. vit_large_patch14_dinov2")
     parser.add_argument("--patch-size", type=int, default=16)
@@ -63,4 +66,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    setup_logger(name="rein_d2")  # shows what the restricted reader kept inert
+    user_errors(main)()

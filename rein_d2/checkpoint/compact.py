@@ -1,15 +1,18 @@
-"""Checkpoints that hold what training changes, written atomically, read without unpickling.
+"""Checkpoints that hold what training changes, written atomically, read without running code.
 
 A Rein checkpoint of DINOv2-L keeps the Rein and head tensors (about 0.1 GB with the
 optimizer state) instead of the 1.2 GB frozen backbone, which comes from MODEL.VIT.WEIGHTS
 at build time. A fingerprint of those frozen weights is stored alongside, so that loading
 onto another backbone says so instead of silently producing a different model.
+
+Every file (MODEL.WEIGHTS, --resume, the demo) is read by the restricted reader
+(restricted_pickle.py), Detectron2 model-zoo .pkl files included; Detectron2 then converts
+their numpy arrays and matches their names by its heuristics, as it does for its own files.
 """
 from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 from typing import Any
 
 import torch
@@ -17,12 +20,14 @@ from detectron2.checkpoint import DetectionCheckpointer
 from fvcore.common.checkpoint import _IncompatibleKeys
 from torch import nn
 
+from ..errors import ReinD2Error
 from ..utils.atomic import atomic_output, atomic_write_bytes
+from .restricted_pickle import read_checkpoint
 
 FINGERPRINT_KEY = "frozen_fingerprint"
 
 
-class IncompatibleCheckpointError(ValueError):
+class IncompatibleCheckpointError(ReinD2Error, ValueError):
     """A checkpoint's tensors do not fit the model."""
 
 
@@ -42,7 +47,7 @@ def fingerprint(model: nn.Module, names: set[str]) -> str:
 
 
 class CompactCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer that leaves frozen parameters out and never unpickles."""
+    """DetectionCheckpointer that leaves frozen parameters out and never runs code from a file."""
 
     def __init__(self, model: nn.Module, save_dir: str = "", **kwargs: Any) -> None:
         super().__init__(model, save_dir, **kwargs)
@@ -76,17 +81,26 @@ class CompactCheckpointer(DetectionCheckpointer):
         atomic_write_bytes(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename.encode())
 
     def _load_file(self, filename: str) -> dict[str, Any]:
-        if filename.endswith((".pkl", ".pyth")):
-            raise ValueError(f"{filename}: pickle files are refused (they can run code when loaded); "
-                             "convert it to a tensor-only .pth or .safetensors")
+        if filename.endswith(".pkl"):
+            data = read_checkpoint(filename)
+            if not (isinstance(data, dict) and "model" in data and "__author__" in data):
+                raise IncompatibleCheckpointError(
+                    f"{filename} is not in the Detectron2 model-zoo format (a dict with 'model' and '__author__'), "
+                    "the only .pkl layout rein-d2 loads; save the weights as torch.save({'model': state_dict}, path)")
+            self.logger.info("%s: Detectron2 model-zoo weights by %s", filename, data["__author__"])
+            return data
+        if filename.endswith(".pyth"):
+            raise IncompatibleCheckpointError(f"{filename}: pycls .pyth files are not supported; save the weights "
+                                              "as torch.save({'model': state_dict}, path)")
         return super()._load_file(filename)
 
     def _torch_load(self, f: str) -> dict[str, Any]:
-        try:
-            return torch.load(f, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            raise ValueError(f"{f} is not a plain tensor checkpoint and is refused without being unpickled "
-                             f"({str(err).splitlines()[0]})") from err
+        loaded = read_checkpoint(f)
+        if isinstance(loaded, dict) and "state_dict" in loaded and "meta" in loaded and "model" not in loaded:
+            raise IncompatibleCheckpointError(
+                f"{f} is an MMEngine checkpoint (e.g. an official Rein release), whose names are MMSegmentation's: "
+                "convert it first with tools/convert_rein_checkpoint.py and load the converted file")
+        return loaded
 
     def _check_with_modules(self, state: dict[str, torch.Tensor]) -> None:
         """Let modules that know what a mismatch means (e.g. a class count) explain it first."""

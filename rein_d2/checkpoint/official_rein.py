@@ -6,13 +6,21 @@ MMDetection. Each rule below maps one family of MMDetection names onto the offic
 Mask2Former (Detectron2) names; a key that no rule maps is an error, never dropped.
 Frozen DINOv2 weights, when a checkpoint carries them, go to `backbone.vit.*` in timm's
 naming.
+
+Two kinds of released tensors have nothing to load into and are left out with a note: the
+official Reins always creates `transform` and `merge` (its queries for the head), so releases
+trained without the query link carry them too, while rein-d2 creates them only with
+MODEL.REIN.LINK_TOKEN_TO_QUERY; and a release that carries the frozen VFM carries its final
+norm, which the backbone never runs (its features are the blocks' outputs), so rein-d2 prunes it.
 """
 from __future__ import annotations
 
 import re
+from collections.abc import Container
 
 from torch import Tensor
 
+from ..errors import ReinD2Error
 from .vfm_weights import dinov2_to_timm
 
 HEAD, PIXEL, PRED = "decode_head.", "sem_seg_head.pixel_decoder.", "sem_seg_head.predictor."
@@ -59,9 +67,17 @@ RULES: tuple[tuple[str, str], ...] = (
 )
 COMPILED = tuple((re.compile(pattern + "$"), replacement) for pattern, replacement in RULES)
 FROZEN_BACKBONE = re.compile(r"backbone\.(?!reins\.)(.+)$")
+# (released names the model may lack, why they are not needed)
+UNUSED_TENSORS: tuple[tuple[re.Pattern, str], ...] = (
+    (re.compile(r"backbone\.reins\.(transform|merge)\."),
+     "Rein's query layers, which the official Reins always creates; this config's model has none "
+     "(MODEL.REIN.LINK_TOKEN_TO_QUERY is False), and a release trained without the query link does not use them"),
+    (re.compile(r"backbone\.vit\.(norm|fc_norm|head)\."),
+     "the VFM's final norm and head, which the backbone does not run (its features are the blocks' outputs)"),
+)
 
 
-class UnmappedKeysError(KeyError):
+class UnmappedKeysError(ReinD2Error, KeyError):
     """Official keys that no rule knows: converting them silently would lose weights."""
 
 
@@ -90,3 +106,16 @@ def convert_official_rein(state: dict[str, Tensor]) -> dict[str, Tensor]:
                                 + ", ".join(sorted(unmapped)))
     converted.update({f"backbone.vit.{k}": v for k, v in dinov2_to_timm(frozen).items()})
     return converted
+
+
+def drop_unused_tensors(state: dict[str, Tensor],
+                        model_keys: Container[str]) -> tuple[dict[str, Tensor], list[str]]:
+    """(state without the UNUSED_TENSORS the model lacks, one note per kind left out)."""
+    notes, dropped = [], set()
+    for pattern, reason in UNUSED_TENSORS:
+        names = [k for k in state if pattern.match(k) and k not in model_keys]
+        if names:
+            notes.append(f"left out {len(names)} tensors ({', '.join(sorted(names)[:4])}"
+                         f"{', ...' if len(names) > 4 else ''}): {reason}")
+            dropped.update(names)
+    return {k: v for k, v in state.items() if k not in dropped}, notes

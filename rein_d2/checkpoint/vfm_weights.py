@@ -3,20 +3,23 @@
 Accepts timm checkpoints and the official DINOv2 release format. A patch-embedding
 kernel or position grid of another size is resized the way the official Rein converter
 does (bicubic, align_corners=False, no antialiasing), so that patch-14 weights serve a
-patch-16 model. Files are read with safetensors or `torch.load(weights_only=True)`:
-nothing is ever unpickled.
+patch-16 model. Files are read with safetensors or the restricted reader
+(restricted_pickle.py), which never runs code from a file.
 """
 from __future__ import annotations
 
 import logging
-import pickle
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import Tensor, nn
+
+from ..errors import ReinD2Error
+from .restricted_pickle import read_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -25,29 +28,35 @@ WRAPPER_KEYS = ("model", "state_dict", "module")
 DINOV2_SWIGLU = re.compile(r"^(blocks\.\d+\.mlp\.)(w12|w3)(\.(?:weight|bias))$")
 
 
-class IncompatibleWeightsError(ValueError):
+class IncompatibleWeightsError(ReinD2Error, ValueError):
     """The file's tensors do not fit the model's architecture."""
 
 
+class WeightsFileNotFoundError(ReinD2Error, FileNotFoundError):
+    """A configured weights file is not there."""
+
+
 def read_state_dict(path: str | Path, config_key: str = "weights") -> dict[str, Tensor]:
-    """Tensors of a .safetensors or plain-tensor .pth/.pt/.bin file, unwrapped."""
+    """Tensors of a .safetensors file or of any checkpoint the restricted reader reads, unwrapped.
+
+    numpy arrays (Detectron2 .pkl files) become tensors.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{config_key}: weights file {str(path)!r} does not exist "
-                                f"(absolute: {path.resolve()}); set {config_key} to a local file")
+        raise WeightsFileNotFoundError(f"{config_key}: weights file {str(path)!r} does not exist "
+                                       f"(absolute: {path.resolve()}); set {config_key} to a local file")
     if path.suffix == ".safetensors":
         return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(f"{config_key}: {path} is not a plain tensor checkpoint and is refused without being "
-                         f"unpickled ({str(err).splitlines()[0]}). Re-save it as tensors only, e.g. "
-                         "torch.save(model.state_dict(), path), or convert it to .safetensors") from err
+    state = read_checkpoint(path)
     for key in WRAPPER_KEYS:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
+    if isinstance(state, dict):
+        state = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in state.items()}
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{config_key}: {path} holds no flat mapping of names to tensors")
+        raise IncompatibleWeightsError(f"{config_key}: {path} holds no flat mapping of names to tensors "
+                                       f"(under one of the keys {', '.join(WRAPPER_KEYS)} or at the top); "
+                                       "save the weights as torch.save(model.state_dict(), path)")
     return state
 
 
