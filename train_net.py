@@ -19,7 +19,7 @@ from rein_d2.checkpoint.compact import CompactCheckpointer
 from rein_d2.config import load_config
 from rein_d2.engine import NonFiniteLossError, ReinTrainer  # noqa: F401  (NonFiniteLossError: for callers)
 from rein_d2.errors import ConfigError
-from rein_d2.utils.cli import exit_like_failed_worker, user_errors
+from rein_d2.utils.cli import exit_like_failed_worker, hide_user_error_tracebacks, user_errors
 
 
 def setup(args: argparse.Namespace) -> CfgNode:
@@ -28,6 +28,7 @@ def setup(args: argparse.Namespace) -> CfgNode:
     default_setup(cfg, args)
     # rein-d2's own messages (the per-domain table among them) go to the console and log.txt too.
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="rein_d2", abbrev_name="rein_d2")
+    hide_user_error_tracebacks()
     return cfg
 
 

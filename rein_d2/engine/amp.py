@@ -1,16 +1,21 @@
-"""Mixed-precision training step for CUDA (fp16 with loss scaling, or bf16) and CPU (bf16).
+"""Mixed-precision training step on CUDA or the CPU: fp16 with loss scaling, or bf16.
 
 Detectron2's AMPTrainer is CUDA-only and fp16-centred; this one follows the model's device
-and SOLVER.AMP.PRECISION, and scales losses only where fp16 needs it.
+and SOLVER.AMP.PRECISION, and scales losses only where fp16 needs it. A checkpoint resumed
+with another precision than it was written with (none -> fp16, bf16 -> fp16) has no loss
+scale to restore: the scale starts afresh, as in a new run, and the log says so.
 """
 from __future__ import annotations
 
+import logging
 import time
 
 import torch
 from detectron2.engine import SimpleTrainer
 
 from ..utils.precision import autocast_dtype
+
+logger = logging.getLogger(__name__)
 
 
 class MixedPrecisionTrainer(SimpleTrainer):
@@ -21,8 +26,6 @@ class MixedPrecisionTrainer(SimpleTrainer):
         super().__init__(model, data_loader, optimizer)
         self.dtype = autocast_dtype(precision, "SOLVER.AMP.PRECISION")
         self.device_type = next(model.parameters()).device.type
-        if self.device_type == "cpu" and self.dtype is torch.float16:
-            raise ValueError("fp16 autocast is for CUDA; on CPU set SOLVER.AMP.PRECISION bfloat16")
         self.grad_scaler = torch.amp.GradScaler(self.device_type, enabled=self.dtype is torch.float16)
 
     def run_step(self) -> None:
@@ -45,4 +48,9 @@ class MixedPrecisionTrainer(SimpleTrainer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
-        self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
+        scaler = state_dict.get("grad_scaler") or {}  # {} is what a disabled (bf16) scaler saves
+        if self.grad_scaler.is_enabled() and not scaler:
+            logger.info("the checkpoint holds no float16 loss scale (it was trained without float16 autocast): "
+                        "the loss scale starts afresh at %g", self.grad_scaler.get_scale())
+            return
+        self.grad_scaler.load_state_dict(scaler)

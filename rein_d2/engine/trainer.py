@@ -2,8 +2,8 @@
 
 What differs from DefaultTrainer: the PEFT optimiser groups and warmup-then-poly
 schedule, the semantic training mapper, multi-domain evaluation of every test dataset,
-compact atomic checkpoints, mixed precision on CUDA or CPU, DDP's unused-parameter
-search from config, and a non-finite loss that names the last good checkpoint.
+compact atomic checkpoints, mixed precision on CUDA or CPU, DDP on GPU or CPU processes
+(unused-parameter search from config), and a non-finite loss that names the last good checkpoint.
 """
 from __future__ import annotations
 
@@ -21,12 +21,14 @@ from torch import nn
 
 from ..checkpoint.compact import CompactCheckpointer
 from ..data.train_mapper import SemanticTrainMapper
+from ..errors import ReinD2Error
 from ..evaluation import build_dg_evaluator, build_dg_test_loader, evaluate_on_domains
 from ..solver import build_lr_scheduler, build_optimizer
 from .amp import MixedPrecisionTrainer
+from .distributed import process_device_ids
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(ReinD2Error, FloatingPointError):
     """Training diverged; the message names the iteration and the checkpoint to resume from."""
 
 
@@ -36,10 +38,11 @@ class ReinTrainer(DefaultTrainer):
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        device_ids = process_device_ids(cfg.MODEL.DEVICE)  # refuses an unworkable device before reading data
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
-        model = create_ddp_model(model, broadcast_buffers=False,
+        model = create_ddp_model(model, device_ids=device_ids, broadcast_buffers=False,
                                  find_unused_parameters=cfg.SOLVER.FIND_UNUSED_PARAMETERS)
         if cfg.SOLVER.AMP.ENABLED:
             self._trainer = MixedPrecisionTrainer(model, data_loader, optimizer, cfg.SOLVER.AMP.PRECISION)

@@ -8,6 +8,7 @@ the launching process then exits with the same code.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -39,6 +40,22 @@ def user_errors(func: Callable[..., R]) -> Callable[..., R]:
             raise SystemExit(EXIT_USER_ERROR) from None
 
     return wrapper
+
+
+class HideUserErrorTraceback(logging.Filter):
+    """Drops a log record that carries a ReinD2Error's traceback (Detectron2's training loop logs
+    "Exception during training:" with it before re-raising): `user_errors` shows its message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return traceback_requested() or not isinstance(error, ReinD2Error)
+
+
+def hide_user_error_tracebacks(logger_name: str = "detectron2.engine.train_loop") -> None:
+    """Install HideUserErrorTraceback once on the logger that reports training exceptions."""
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(f, HideUserErrorTraceback) for f in logger.filters):
+        logger.addFilter(HideUserErrorTraceback())
 
 
 def exit_like_failed_worker(launch_call: Callable[[], R]) -> R:
