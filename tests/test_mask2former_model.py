@@ -8,6 +8,7 @@ from detectron2.structures import Instances
 from torch import nn
 
 from rein_d2 import add_rein_config
+from rein_d2.errors import ConfigError
 from rein_d2.modeling.meta_arch import SlideWindow, padding_divisor, semantic_inference
 from rein_d2.modeling.meta_arch.mask_former_model import upsampled_semantic_inference
 from rein_d2.modeling.rein import REIN_QUERIES_KEY
@@ -331,7 +332,7 @@ def test_unsupported_options_are_reported():
         build_model(cfg)
     cfg = tiny_cfg()
     cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = True
-    with pytest.raises(NotImplementedError, match="PANOPTIC_ON"):
+    with pytest.raises(ConfigError, match="PANOPTIC_ON"):
         build_model(cfg)
     with pytest.raises(ValueError, match="C=3"):
         predict(tiny_model(), [torch.zeros(1, 32, 32, dtype=torch.uint8)])

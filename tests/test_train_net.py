@@ -144,3 +144,28 @@ def test_eval_only_over_real_dataset_layouts_reports_each_domain_and_the_mean(dg
     assert results["mean"]["sem_seg"]["mIoU"] == pytest.approx(mean)
     report = (tmp_path / "eval" / "inference" / "dg_results.json").read_text()
     assert all(t in report for t in targets)
+
+
+@pytest.mark.parametrize("first, then", [("off", "float16"), ("bfloat16", "float16"), ("float16", "float16"),
+                                         ("float16", "off")])
+def test_resume_across_precision_settings(synthetic, first, then):
+    """A checkpoint written with one precision resumes with another: the float16 loss scale is
+    restored when the checkpoint has one, starts afresh (and says so) when it has none."""
+    def amp(precision):
+        return ["SOLVER.AMP.ENABLED", "False"] if precision == "off" else [
+            "SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.PRECISION", precision]
+
+    out = synthetic / "run"
+    train_net.main(args_for(out, "SOLVER.MAX_ITER", "2", *amp(first)))
+    resumed = train_net.ReinTrainer(train_net.setup(args_for(out, "SOLVER.MAX_ITER", "4", *amp(then))))
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 2
+    scaler = getattr(resumed._trainer, "grad_scaler", None)
+    log = (out / "log.txt").read_text()
+    if then == "float16" and first != "float16":
+        assert "the loss scale starts afresh" in log
+    if then == "float16" and first == "float16":
+        saved = torch.load(out / "model_final.pth", weights_only=True)["trainer"]["_trainer"]["grad_scaler"]
+        assert scaler.get_scale() == saved["scale"] and "starts afresh" not in log
+    resumed.train()
+    assert resumed.iter == 4

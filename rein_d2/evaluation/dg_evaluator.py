@@ -12,6 +12,7 @@ from detectron2.utils import comm
 
 from rein_d2.data.label_io import read_train_ids
 
+from ..errors import ConfigError
 from .metrics import confusion_matrix
 from .report import DomainReport
 
@@ -35,14 +36,14 @@ class MultiDomainSemSegEvaluator(DatasetEvaluator):
         self._mean_over = list(mean_over) if mean_over else list(self._names)
         unknown = sorted(set(self._mean_over) - set(self._names))
         if unknown:
-            raise ValueError(f"mean_over names {unknown} are not evaluated datasets {self._names}")
+            raise ConfigError(f"mean_over names {unknown} are not evaluated datasets {self._names}")
         metas = [MetadataCatalog.get(name) for name in self._names]
         self._class_names = list(metas[0].stuff_classes)
         self._ignore_label = metas[0].ignore_label
         for name, meta in zip(self._names, metas):
             if (list(meta.stuff_classes), meta.ignore_label) != (self._class_names,
                                                                  self._ignore_label):
-                raise ValueError(f"dataset '{name}' has other classes or ignore label than "
+                raise ConfigError(f"dataset '{name}' has other classes or ignore label than "
                                  f"'{self._names[0]}': they cannot share one evaluator")
         self._domains = [meta.get("domain", name) for name, meta in zip(self._names, metas)]
         self._index = {name: i for i, name in enumerate(self._names)}
@@ -57,7 +58,7 @@ class MultiDomainSemSegEvaluator(DatasetEvaluator):
     def _dataset_index(self, record: dict) -> int:
         name = record.get("dataset_name", self._names[0] if len(self._names) == 1 else None)
         if name not in self._index:
-            raise KeyError(f"input {record.get('file_name')} comes from dataset {name!r}, which "
+            raise ConfigError(f"input {record.get('file_name')} comes from dataset {name!r}, which "
                            f"this evaluator does not score (it scores {self._names})")
         return self._index[name]
 
@@ -66,7 +67,7 @@ class MultiDomainSemSegEvaluator(DatasetEvaluator):
             index = self._dataset_index(record)
             label_path = record.get("sem_seg_file_name")
             if label_path is None:
-                raise ValueError(f"{record.get('file_name')}: dataset '{self._names[index]}' has "
+                raise ConfigError(f"{record.get('file_name')}: dataset '{self._names[index]}' has "
                                  "no labels (a test split): it can be predicted, not scored")
             gt = read_train_ids(label_path)
             pred = output["sem_seg"].argmax(dim=0).cpu().numpy()

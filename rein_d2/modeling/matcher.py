@@ -13,6 +13,8 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..errors import ConfigError
+
 
 def batch_sigmoid_ce_cost(inputs: Tensor, targets: Tensor) -> Tensor:
     """Mean binary cross-entropy of every prediction [Q, P] (logits) against every target [T, P]: [Q, T]."""
@@ -36,9 +38,9 @@ class HungarianMatcher(nn.Module):
                  num_points: int = 12544) -> None:
         super().__init__()
         if cost_class == 0 and cost_mask == 0 and cost_dice == 0:
-            raise ValueError("HungarianMatcher: all costs are 0; set MODEL.MASK_FORMER.{CLASS,MASK,DICE}_WEIGHT")
+            raise ConfigError("HungarianMatcher: all costs are 0; set MODEL.MASK_FORMER.{CLASS,MASK,DICE}_WEIGHT")
         if num_points <= 0:
-            raise ValueError(f"HungarianMatcher: num_points={num_points} (MODEL.MASK_FORMER.TRAIN_NUM_POINTS) "
+            raise ConfigError(f"HungarianMatcher: num_points={num_points} (MODEL.MASK_FORMER.TRAIN_NUM_POINTS) "
                              "must be positive")
         self.cost_class = cost_class
         self.cost_mask = cost_mask

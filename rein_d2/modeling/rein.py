@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ConfigError
+
 # Key under which a backbone hands Rein's queries to the Mask2Former decoder.
 REIN_QUERIES_KEY = "rein_queries"
 
@@ -37,7 +39,7 @@ class Reins(nn.Module):
     ) -> None:
         super().__init__()
         if token_length < 2:
-            raise ValueError(f"Rein needs token_length >= 2 (the first token only attends), got {token_length}")
+            raise ConfigError(f"Rein needs token_length >= 2 (the first token only attends), got {token_length}")
         self.num_layers = num_layers
         self.embed_dims = embed_dims
         self.patch_size = patch_size

@@ -6,6 +6,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import Tensor, nn
 
+from ...errors import ConfigError
 from ..pixel_decoder.build import build_pixel_decoder
 from ..rein import REIN_QUERIES_KEY
 from ..transformer_decoder.build import build_transformer_decoder
@@ -31,7 +32,7 @@ class MaskFormerHead(nn.Module):
     def from_config(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict:
         in_feature = cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE
         if in_feature != MULTI_SCALE_INPUT:
-            raise ValueError(f"MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE={in_feature!r} is not supported: the "
+            raise ConfigError(f"MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE={in_feature!r} is not supported: the "
                              f"Mask2Former decoder reads the pixel decoder's scales; set it to {MULTI_SCALE_INPUT!r}")
         head = cfg.MODEL.SEM_SEG_HEAD
         return {

@@ -19,6 +19,7 @@ from detectron2.structures import ImageList
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ...errors import ConfigError
 from ...utils.precision import autocast_dtype
 from ..criterion import SetCriterion
 from .sliding_window import SlideWindow, slide_inference
@@ -83,7 +84,7 @@ class MaskFormer(nn.Module):
         queries_per_chunk: queries whose masks are upsampled at a time at inference (memory only)."""
         super().__init__()
         if len(pixel_mean) != len(pixel_std):
-            raise ValueError(f"MODEL.PIXEL_MEAN {list(pixel_mean)} and MODEL.PIXEL_STD {list(pixel_std)} "
+            raise ConfigError(f"MODEL.PIXEL_MEAN {list(pixel_mean)} and MODEL.PIXEL_STD {list(pixel_std)} "
                              "differ in length")
         self.backbone = backbone
         self.sem_seg_head = sem_seg_head
@@ -103,7 +104,7 @@ class MaskFormer(nn.Module):
                                              "SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE")}
         if switches != {"SEMANTIC_ON": True, "INSTANCE_ON": False, "PANOPTIC_ON": False,
                         "SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE": False}:
-            raise NotImplementedError(
+            raise ConfigError(
                 f"rein-d2's MaskFormer does semantic segmentation only, got MODEL.MASK_FORMER.TEST {switches}: set "
                 "SEMANTIC_ON True and INSTANCE_ON, PANOPTIC_ON, SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE False")
         backbone = build_backbone(cfg)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from torch import Tensor
 from torch.nn import functional as F
 
+from ...errors import ConfigError
+
 Box = tuple[int, int, int, int]  # y1, y2, x1, x2
 
 
@@ -27,13 +29,13 @@ class SlideWindow:
 
     def __post_init__(self) -> None:
         if len(self.crop_size) != 2 or len(self.stride) != 2 or min(*self.crop_size, *self.stride) <= 0:
-            raise ValueError(f"TEST.SLIDE.CROP_SIZE={list(self.crop_size)} and TEST.SLIDE.STRIDE={list(self.stride)} "
+            raise ConfigError(f"TEST.SLIDE.CROP_SIZE={list(self.crop_size)} and TEST.SLIDE.STRIDE={list(self.stride)} "
                              "must be two positive integers each (height, width)")
         if self.stride[0] > self.crop_size[0] or self.stride[1] > self.crop_size[1]:
-            raise ValueError(f"TEST.SLIDE.STRIDE={list(self.stride)} exceeds TEST.SLIDE.CROP_SIZE="
+            raise ConfigError(f"TEST.SLIDE.STRIDE={list(self.stride)} exceeds TEST.SLIDE.CROP_SIZE="
                              f"{list(self.crop_size)}: windows would leave pixels unpredicted")
         if self.batch_size <= 0:
-            raise ValueError(f"SlideWindow: batch_size={self.batch_size} must be positive")
+            raise ConfigError(f"SlideWindow: batch_size={self.batch_size} must be positive")
 
     def boxes(self, height: int, width: int) -> list[Box]:
         """Windows covering a height x width image; none extends beyond it."""

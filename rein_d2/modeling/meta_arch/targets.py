@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ...errors import ConfigError
+
 
 def semantic_targets(sem_seg: Tensor, num_classes: int, ignore_value: int,
                      padded_size: tuple[int, int]) -> dict[str, Tensor]:
@@ -15,7 +17,7 @@ def semantic_targets(sem_seg: Tensor, num_classes: int, ignore_value: int,
     labels = labels[labels != ignore_value]
     bad = labels[(labels < 0) | (labels >= num_classes)]
     if len(bad):
-        raise ValueError(f"'sem_seg' holds labels {bad.tolist()} outside [0, {num_classes - 1}] and not the ignore "
+        raise ConfigError(f"'sem_seg' holds labels {bad.tolist()} outside [0, {num_classes - 1}] and not the ignore "
                          f"value {ignore_value}: check the dataset's label ids against "
                          "MODEL.SEM_SEG_HEAD.NUM_CLASSES and MODEL.SEM_SEG_HEAD.IGNORE_VALUE")
     h, w = sem_seg.shape

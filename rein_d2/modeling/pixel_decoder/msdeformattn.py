@@ -17,6 +17,7 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ...errors import ConfigError
 from ..transformer_decoder.position_encoding import PositionEmbeddingSine
 from .ms_deform_attn import MSDeformAttn
 
@@ -130,7 +131,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         super().__init__()
         missing = [f for f in transformer_in_features if f not in input_shape]
         if missing:
-            raise ValueError(f"MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES {missing} are not "
+            raise ConfigError(f"MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES {missing} are not "
                              f"among the pixel decoder's inputs {sorted(input_shape)} "
                              "(MODEL.SEM_SEG_HEAD.IN_FEATURES and the backbone's outputs)")
         by_stride = sorted(input_shape.items(), key=lambda item: item[1].stride)

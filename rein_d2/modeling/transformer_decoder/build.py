@@ -5,6 +5,8 @@ from detectron2.config import CfgNode
 from detectron2.utils.registry import Registry
 from torch import nn
 
+from ...errors import ConfigKeyError
+
 TRANSFORMER_DECODER_REGISTRY = Registry("TRANSFORMER_MODULE")
 TRANSFORMER_DECODER_REGISTRY.__doc__ = "Transformer decoders: (cfg, in_channels, mask_classification) -> module."
 
@@ -13,6 +15,6 @@ def build_transformer_decoder(cfg: CfgNode, in_channels: int, mask_classificatio
     name = cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME
     if name not in TRANSFORMER_DECODER_REGISTRY:
         known = ", ".join(sorted(k for k, _ in TRANSFORMER_DECODER_REGISTRY))
-        raise KeyError(f"MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME={name!r} is not registered in "
+        raise ConfigKeyError(f"MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME={name!r} is not registered in "
                        f"TRANSFORMER_DECODER_REGISTRY; registered: {known}")
     return TRANSFORMER_DECODER_REGISTRY.get(name)(cfg, in_channels, mask_classification)

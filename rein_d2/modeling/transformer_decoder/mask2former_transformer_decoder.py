@@ -18,6 +18,7 @@ from detectron2.layers import Conv2d
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ...errors import ConfigError
 from .build import TRANSFORMER_DECODER_REGISTRY
 from .position_encoding import PositionEmbeddingSine
 
@@ -190,7 +191,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     def from_config(cls, cfg: CfgNode, in_channels: int, mask_classification: bool) -> dict:
         mf = cfg.MODEL.MASK_FORMER
         if mf.DEC_LAYERS < 1:
-            raise ValueError(f"MODEL.MASK_FORMER.DEC_LAYERS={mf.DEC_LAYERS}: it counts the loss on the "
+            raise ConfigError(f"MODEL.MASK_FORMER.DEC_LAYERS={mf.DEC_LAYERS}: it counts the loss on the "
                              "learned queries plus one per decoder layer, so it must be >= 1 (official: 10)")
         return {
             "in_channels": in_channels,
@@ -221,19 +222,19 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         """(contents, positions) [B, Q, C] of the queries: learned, or derived from Rein's tokens."""
         if not self.link_token_to_query:
             if queries is not None:
-                raise ValueError("the backbone returned Rein queries but the decoder was built without the link "
+                raise ConfigError("the backbone returned Rein queries but the decoder was built without the link "
                                  "(MODEL.REIN.LINK_TOKEN_TO_QUERY False): set it True to use them, or build the "
                                  "backbone's Rein without queries")
             return (self.query_feat.weight.unsqueeze(0).expand(batch_size, -1, -1),
                     self.query_embed.weight.unsqueeze(0).expand(batch_size, -1, -1))
         if queries is None:
-            raise ValueError("MODEL.REIN.LINK_TOKEN_TO_QUERY is True, so the decoder takes its queries from the "
+            raise ConfigError("MODEL.REIN.LINK_TOKEN_TO_QUERY is True, so the decoder takes its queries from the "
                              "backbone, but the backbone returned none (e.g. MODEL.VIT.FINETUNE 'freeze' or "
                              "'full' has no Rein): set MODEL.REIN.LINK_TOKEN_TO_QUERY False for learned queries")
         if queries.dim() == 2:
             queries = queries.unsqueeze(0).expand(batch_size, -1, -1)
         if queries.shape != (batch_size, self.num_queries, self.hidden_dim):
-            raise ValueError(f"Rein queries of shape {tuple(queries.shape)} do not fit the decoder's "
+            raise ConfigError(f"Rein queries of shape {tuple(queries.shape)} do not fit the decoder's "
                              f"[{self.num_queries}, {self.hidden_dim}]: MODEL.REIN.TOKEN_LENGTH must equal "
                              "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES and Rein's query width MODEL.MASK_FORMER.HIDDEN_DIM")
         return self.querys2feat(queries), queries
