@@ -16,6 +16,7 @@ from detectron2.utils import comm
 from PIL import Image
 from torch import nn
 
+from rein_d2.errors import ConfigError
 from rein_d2.evaluation import MultiDomainSemSegEvaluator, evaluate_on_domains
 from test_data_layouts import make_prepared_tree, stripes, write_ids
 from test_evaluation_metrics import one_hot
@@ -80,7 +81,7 @@ def test_two_domains_are_scored_apart_and_reported(tmp_path):
     check(only_citys.evaluate(), mean_miou=25.0)
     with pytest.raises(ValueError, match="mean_over names"):
         MultiDomainSemSegEvaluator([CITYS], mean_over=[BDD])
-    with pytest.raises(KeyError, match="comes from dataset 'dg_bdd_val'"):
+    with pytest.raises(ConfigError, match="comes from dataset 'dg_bdd_val'"):
         MultiDomainSemSegEvaluator([CITYS]).process(inputs[2:], outputs[2:])
 
 

@@ -77,7 +77,7 @@ def test_train_checkpoint_resume_and_evaluate(synthetic):
     resumed.resume_or_load(resume=True)
     assert resumed.start_iter == 4
     assert resumed.scheduler.last_epoch == 4
-    expected_lr = 1e-4 * (1 - 4 / 6) ** 0.9
+    expected_lr = 1e-4 * (1 - 4 / (6 - 1)) ** 0.9  # MMEngine's PolyLR spans MAX_ITER - 1 steps
     assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(expected_lr)
     resumed.train()
     assert (out / "model_final.pth").is_file()
