@@ -95,3 +95,9 @@ def test_ignored_keys_at_their_defaults_and_honoured_keys_are_accepted():
 def test_missing_config_file_is_named():
     with pytest.raises(ConfigError, match="config file nowhere.yaml not found"):
         load("nowhere.yaml")
+
+
+def test_mean_over_must_name_test_datasets():
+    with pytest.raises(ConfigError, match=r"TEST\.MEAN_OVER names \['dg_acdc_fog_val'\], which are not in DATASETS"):
+        load(GTA, "TEST.MEAN_OVER", "['dg_acdc_fog_val']")
+    assert load(GTA, "TEST.MEAN_OVER", "['dg_bdd_val']").TEST.MEAN_OVER == ["dg_bdd_val"]

@@ -169,3 +169,13 @@ def test_resume_across_precision_settings(synthetic, first, then):
         assert scaler.get_scale() == saved["scale"] and "starts afresh" not in log
     resumed.train()
     assert resumed.iter == 4
+
+
+def test_mean_over_chooses_the_datasets_of_the_reported_mean(synthetic):
+    out = synthetic / "eval"
+    results = train_net.main(args_for(out, "TEST.MEAN_OVER", "['synthetic_dg_fog_val']", eval_only=True))
+    assert results["mean"]["sem_seg"]["mIoU"] == results["synthetic_dg_fog_val"]["sem_seg"]["mIoU"]
+    report = json.loads((out / "inference" / "dg_results.json").read_text())
+    assert report["mean"]["over"] == ["synthetic_dg_fog_val"] and len(report["datasets"]) == 2
+    with pytest.raises(SystemExit):  # a name outside DATASETS.TEST is refused before anything runs
+        train_net.main(args_for(out, "TEST.MEAN_OVER", "['dg_bdd_val']", eval_only=True))

@@ -32,9 +32,12 @@ def build_dg_test_loader(cfg, dataset_names: str | Sequence[str]) -> DataLoader:
 
 def build_dg_evaluator(cfg, dataset_names: str | Sequence[str], output_dir: str | None = None,
                        mean_over: Sequence[str] | None = None) -> MultiDomainSemSegEvaluator:
-    """The evaluator for these datasets, writing its report to OUTPUT_DIR/inference."""
+    """The evaluator for these datasets, writing its report to OUTPUT_DIR/inference; the mean is
+    over `mean_over`, else over those of TEST.MEAN_OVER that are evaluated, else over all."""
     names = [dataset_names] if isinstance(dataset_names, str) else list(dataset_names)
     output_dir = output_dir or os.path.join(cfg.OUTPUT_DIR, "inference")
+    if mean_over is None:
+        mean_over = [name for name in cfg.TEST.MEAN_OVER if name in names] or None
     return MultiDomainSemSegEvaluator(names, mean_over=mean_over, output_dir=output_dir)
 
 
