@@ -11,7 +11,7 @@ from pathlib import Path
 from detectron2.config import CfgNode as CN
 from detectron2.projects.deeplab import add_deeplab_config
 
-from .config_check import check_honoured
+from .config_check import check_honoured, leaf_items
 from .errors import ConfigError
 
 
@@ -168,20 +168,12 @@ def _unknown_key_message(err: Exception, cfg: CN, source: str) -> str:
     if match is None:
         return f"{source}: {text}"
     key = match[1]
-    leaves = [k for k, _ in _leaf_keys(cfg)]
+    leaves = [k for k, _ in leaf_items(cfg)]
     leaf = key.rsplit(".", 1)[-1]
     close = difflib.get_close_matches(key, leaves, n=3, cutoff=0.75)
     close += [k for k in leaves if k.rsplit(".", 1)[-1] == leaf and k not in close]
     hint = f"; did you mean {' or '.join(close[:3])}?" if close else "; see rein_d2/config.py for the keys"
     return f"{source}: unknown config key {key}{hint}"
-
-
-def _leaf_keys(node: CN, prefix: str = ""):
-    for key, value in node.items():
-        if isinstance(value, CN):
-            yield from _leaf_keys(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
 
 
 def load_config(config_file: str, opts: list[str] | None = None, *, check: bool = True) -> CN:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from detectron2.config import CfgNode
 
 from .errors import ConfigError
+from .solver import REIN_SCHEDULER
 
-REIN_SCHEDULER = "WarmupThenPolyLR"
 RESNET_BACKBONES = ("build_resnet_backbone", "build_resnet_deeplab_backbone")
 DEEPLAB_HEADS = ("DeepLabV3PlusHead", "DeepLabV3Head")
 SEMANTIC_MAPPER = "mask_former_semantic"
@@ -92,10 +92,11 @@ REFUSED_VALUES: tuple[tuple[str, object, str], ...] = (
 )
 
 
-def _leaves(node: CfgNode, prefix: str = "") -> Iterator[tuple[str, object]]:
+def leaf_items(node: CfgNode, prefix: str = "") -> Iterator[tuple[str, object]]:
+    """(full dotted key, value) of every leaf of `node`."""
     for key, value in node.items():
         if isinstance(value, CfgNode):
-            yield from _leaves(value, f"{prefix}{key}.")
+            yield from leaf_items(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}", value
 
@@ -111,7 +112,7 @@ def _matches(key: str, names: tuple[str, ...]) -> bool:
 
 def ignored_settings(cfg: CfgNode, defaults: CfgNode) -> list[str]:
     """One line per key that is set away from its default although nothing would read it."""
-    default_values, values = dict(_leaves(defaults)), dict(_leaves(cfg))
+    default_values, values = dict(leaf_items(defaults)), dict(leaf_items(cfg))
     lines = []
     for key, value in values.items():
         if key not in default_values or _normalise(value) == _normalise(default_values[key]):

@@ -14,32 +14,31 @@ class LabelError(ReinD2Error, ValueError):
     """A label file that is missing, unreadable or not a map of Cityscapes train ids."""
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) from the file header, without decoding the pixels."""
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except (OSError, ValueError) as e:
-        raise LabelError(f"cannot read the image header of {path}: {e}. Re-extract or "
-                         "re-download this file, or re-run the dataset's prepare script.") from e
-
-
 # EXIF orientations that swap width and height (transpose, rotate 90/270, transverse); the
 # decoder (Detectron2's read_image) applies them, so the decoded size is the swapped one.
 _EXIF_ORIENTATION = 0x0112
 _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
 
 
-def decoded_image_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) of the image as Detectron2's read_image returns it (EXIF orientation
-    applied), from the file header and EXIF block only, without decoding the pixels."""
+def _header(path: str | Path) -> tuple[tuple[int, int], int | None]:
+    """((width, height), EXIF orientation or None) from the file header, pixels not decoded."""
     try:
         with Image.open(path) as image:
-            width, height = image.size
-            orientation = image.getexif().get(_EXIF_ORIENTATION)
+            return image.size, image.getexif().get(_EXIF_ORIENTATION)
     except (OSError, ValueError, SyntaxError) as e:
         raise LabelError(f"cannot read the image header of {path}: {e}. Re-extract or "
                          "re-download this file, or re-run the dataset's prepare script.") from e
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) as stored in the file header, without decoding the pixels."""
+    return _header(path)[0]
+
+
+def decoded_image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of the image as Detectron2's read_image returns it (EXIF orientation
+    applied), from the file header and EXIF block only, without decoding the pixels."""
+    (width, height), orientation = _header(path)
     return (height, width) if orientation in _SWAPPING_ORIENTATIONS else (width, height)
 
 
