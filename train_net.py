@@ -18,6 +18,7 @@ from detectron2.utils.logger import setup_logger
 from rein_d2.checkpoint.compact import CompactCheckpointer
 from rein_d2.config import load_config
 from rein_d2.engine import NonFiniteLossError, ReinTrainer  # noqa: F401  (NonFiniteLossError: for callers)
+from rein_d2.engine.rank_failure import every_rank_stops_on_error
 from rein_d2.errors import ConfigError
 from rein_d2.utils.cli import exit_like_failed_worker, hide_user_error_tracebacks, user_errors
 
@@ -34,17 +35,19 @@ def setup(args: argparse.Namespace) -> CfgNode:
 
 @user_errors
 def main(args: argparse.Namespace):
-    cfg = setup(args)
-    if args.eval_only:
-        if not cfg.DATASETS.TEST:
-            raise ConfigError("--eval-only needs at least one dataset in DATASETS.TEST, "
-                              "e.g. DATASETS.TEST \"('dg_cityscapes_val',)\"")
-        model = ReinTrainer.build_model(cfg)
-        CompactCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        return ReinTrainer.test(cfg, model)
-    trainer = ReinTrainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    with every_rank_stops_on_error():
+        cfg = setup(args)
+        if args.eval_only:
+            if not cfg.DATASETS.TEST:
+                raise ConfigError("--eval-only needs at least one dataset in DATASETS.TEST, "
+                                  "e.g. DATASETS.TEST \"('dg_cityscapes_val',)\"")
+            model = ReinTrainer.build_model(cfg)
+            CompactCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS,
+                                                                               resume=args.resume)
+            return ReinTrainer.test(cfg, model)
+        trainer = ReinTrainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        return trainer.train()
 
 
 if __name__ == "__main__":

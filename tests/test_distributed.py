@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -261,10 +262,10 @@ def test_a_cpu_model_in_nccl_processes_is_refused_with_the_way_out():
         ddp_device_ids("cpu", "nccl", 0)
 
 
-def test_a_bad_label_on_one_rank_stops_every_rank_with_one_message(tmp_path):
-    """Two GTAV images, one with a label value outside the classes: each step gives one image to
-    each process, so one rank fails while the other waits in DDP's all-reduce. The launcher ends
-    the waiting rank at once; the user reads the message once, without a traceback, exit code 2."""
+def bad_label_job(tmp_path: Path, *launch: str) -> tuple[list[str], dict[str, str]]:
+    """train_net.py on two GTAV images, one with a label value outside the classes: each step
+    gives one image to each of the two ranks, so one rank fails while the other waits in DDP's
+    all-reduce."""
     from test_data_layouts import stripes, write_ids, write_rgb
 
     root = tmp_path / "datasets"
@@ -272,10 +273,48 @@ def test_a_bad_label_on_one_rank_stops_every_rank_with_one_message(tmp_path):
         write_rgb(root / "gta" / "images" / f"{i:05d}.png", seed=i)
         write_ids(root / "gta" / "labels" / f"{i:05d}_labelTrainIds.png", stripes(values))
     env = dict(os.environ, DETECTRON2_DATASETS=str(root), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, str(REPO / "train_net.py"), "--config-file", CONFIG, "--num-gpus", "2",
-           "--dist-url", "auto", *TINY, "DATASETS.TRAIN", "('dg_gtav_train',)", "DATASETS.TEST", "()",
-           "SOLVER.MAX_ITER", "4", "OUTPUT_DIR", str(tmp_path / "run")]
+    cmd = [sys.executable, str(REPO / "train_net.py"), "--config-file", CONFIG, *launch, *TINY,
+           "DATASETS.TRAIN", "('dg_gtav_train',)", "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "4",
+           "OUTPUT_DIR", str(tmp_path / "run")]
+    return cmd, env
+
+
+BAD_LABEL_MESSAGE = "00002_labelTrainIds.png contains value(s) 40"
+
+
+def test_a_bad_label_on_one_rank_stops_every_rank_with_one_message(tmp_path):
+    """The launcher ends the waiting rank at once; the user reads the message once, without a
+    traceback, exit code 2."""
+    cmd, env = bad_label_job(tmp_path, "--num-gpus", "2", "--dist-url", "auto")
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT)
     assert done.returncode == 2, done.stderr[-4000:]
-    assert done.stderr.count("error: label ") == 1 and "00002_labelTrainIds.png contains value(s) 40" in done.stderr
+    assert done.stderr.count("error: label ") == 1 and BAD_LABEL_MESSAGE in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_bad_label_on_one_machine_stops_the_other_machine_with_its_message(tmp_path):
+    """Two machines of one process each, simulated on this one: the launcher of the failing
+    machine cannot end the other machine's rank, which would wait in its all-reduce (with NCCL,
+    until the 30-minute timeout). Both machines stop within seconds, both print the message
+    (the other one says which rank raised it), without a traceback, and exit with code 2."""
+    url = f"tcp://127.0.0.1:{free_port()}"
+    machines = []
+    for rank in (0, 1):
+        cmd, env = bad_label_job(tmp_path, "--num-gpus", "1", "--num-machines", "2",
+                                 "--machine-rank", str(rank), "--dist-url", url)
+        machines.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         text=True))
+    outputs = [machine.communicate(timeout=RUN_TIMEOUT) for machine in machines]
+    codes = [machine.returncode for machine in machines]
+    stderrs = [err for _, err in outputs]
+    assert codes == [2, 2], "\n---\n".join(err[-3000:] for err in stderrs)
+    assert all(BAD_LABEL_MESSAGE in err and err.count("error: label ") == 1 for err in stderrs), stderrs
+    told = [err for err in stderrs if "every rank of the job has stopped" in err]
+    assert len(told) == 1 and "(raised on rank " in told[0], stderrs
+    assert not any("Traceback" in out + err for out, err in outputs), stderrs
