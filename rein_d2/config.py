@@ -133,6 +133,9 @@ def add_rein_config(cfg: CN) -> None:
     rein.SCALE_INIT = 1e-3
     rein.ZERO_MLP_DELTA_F = False
     rein.USE_SOFTMAX = True
+    # One mlp_token2feat, mlp_delta_f and transform for all layers (official); False: one per
+    # layer, the "Rein-core" rows of the paper's Table 6.
+    rein.SHARE_LAYERS = True
 
     # Official Rein optimiser: AdamW, no decay on these names (norms are matched as well). The
     # official keys match MMSeg's names: its "level_embed" is the decoder's (predictor.level_embed);

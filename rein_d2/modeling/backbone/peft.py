@@ -30,6 +30,7 @@ def _common_kwargs(cfg: CfgNode, num_layers: int, embed_dims: int, patch_size: i
         link_token_to_query=r.LINK_TOKEN_TO_QUERY,
         scale_init=r.SCALE_INIT,
         zero_mlp_delta_f=r.ZERO_MLP_DELTA_F,
+        share_layers=r.SHARE_LAYERS,
     )
 
 
