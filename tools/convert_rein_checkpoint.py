@@ -35,7 +35,8 @@ from rein_d2.utils.cli import user_errors
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("input", type=Path, help="official Rein checkpoint (.pth: MMEngine checkpoint or state dict)")
+    parser.add_argument("input", help="official Rein checkpoint (.pth: MMEngine checkpoint or state dict), "
+                        "a path or an https:// URL (optionally ending in #sha256=<digest>)")
     parser.add_argument("output", type=Path, help="rein-d2 checkpoint to write (.pth)")
     parser.add_argument("--config-file", required=True, help="the rein-d2 config the checkpoint is for")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides, last")

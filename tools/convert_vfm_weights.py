@@ -24,8 +24,9 @@ from rein_d2.utils.cli import user_errors
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("input", type=Path, help="official DINOv2 .pth, or a timm .pth/.safetensors "
-                        "(pickled files are read by the restricted reader, which refuses any that would run code)")
+    parser.add_argument("input", help="official DINOv2 .pth, or a timm .pth/.safetensors: a path or an https:// URL "
+                        "(optionally ending in #sha256=<digest>); pickled files are read by the restricted "
+                        "reader, which refuses any that would run code")
     parser.add_argument("output", type=Path, help="where to write the converted .safetensors")
     parser.add_argument("--timm-name", required=True, help="timm architecture, e.g. vit_large_patch14_dinov2")
     parser.add_argument("--patch-size", type=int, default=16)

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..errors import ReinD2Error
 from ..utils.atomic import atomic_output, atomic_write_bytes
+from .remote import local_weights_path
 from .restricted_pickle import read_checkpoint
 
 FINGERPRINT_KEY = "frozen_fingerprint"
@@ -79,6 +80,10 @@ class CompactCheckpointer(DetectionCheckpointer):
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         atomic_write_bytes(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename.encode())
+
+    def load(self, path: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Detectron2's load, with a URL first downloaded (and checksummed, see remote.py)."""
+        return super().load(local_weights_path(path, "MODEL.WEIGHTS") if path else path, *args, **kwargs)
 
     def _load_file(self, filename: str) -> dict[str, Any]:
         if filename.endswith(".pkl"):

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ..errors import ReinD2Error
+from .remote import local_weights_path
 from .restricted_pickle import read_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -39,9 +40,9 @@ class WeightsFileNotFoundError(ReinD2Error, FileNotFoundError):
 def read_state_dict(path: str | Path, config_key: str = "weights") -> dict[str, Tensor]:
     """Tensors of a .safetensors file or of any checkpoint the restricted reader reads, unwrapped.
 
-    numpy arrays (Detectron2 .pkl files) become tensors.
+    numpy arrays (Detectron2 .pkl files) become tensors. A URL is downloaded first (remote.py).
     """
-    path = Path(path)
+    path = Path(local_weights_path(path, config_key))
     if not path.is_file():
         raise WeightsFileNotFoundError(f"{config_key}: weights file {str(path)!r} does not exist "
                                        f"(absolute: {path.resolve()}); set {config_key} to a local file")
