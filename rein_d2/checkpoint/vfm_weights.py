@@ -1,6 +1,6 @@
 """Load a vision foundation model's weights from a local file into a timm model.
 
-Accepts timm checkpoints and the official DINOv2 release format. A patch-embedding
+Accepts timm checkpoints and the official DINOv2 and DINOv3 release formats. A patch-embedding
 kernel or position grid of another size is resized the way the official Rein converter
 does (bicubic, align_corners=False, no antialiasing), so that patch-14 weights serve a
 patch-16 model. Files are read with safetensors or the restricted reader
@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from timm.models import eva
 from torch import Tensor, nn
 
 from ..errors import ReinD2Error
@@ -61,8 +62,36 @@ def read_state_dict(path: str | Path, config_key: str = "weights") -> dict[str, 
     return state
 
 
+def is_official_dinov3(state: dict[str, Tensor]) -> bool:
+    """Meta's DINOv3 layout (storage tokens, LayerScale `ls1.gamma`, masked key bias)."""
+    return "storage_tokens" in state
+
+
 def is_official_dinov2(state: dict[str, Tensor]) -> bool:
-    return "mask_token" in state
+    return "mask_token" in state and not is_official_dinov3(state)
+
+
+def _query_or_value_bias(qkv_bias: Tensor) -> bool:
+    query, _, value = qkv_bias.chunk(3, dim=-1)
+    return bool(query.any() or value.any())
+
+
+def dinov3_to_timm(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """Meta's DINOv3 names -> timm's, by timm's own converter (`timm.models.eva`).
+
+    The official blocks carry a qkv bias whose key part is masked to zero. timm has two
+    variants: with query/value biases (`*_dinov3_qkvb`) and without, for the releases whose
+    biases are all zero (the distilled ViT-B/L). A file with non-zero biases and a model
+    without them is refused rather than loaded without its biases.
+    """
+    if not any(name.endswith("q_bias") for name, _ in model.named_parameters()):
+        biased = [k for k, v in state.items() if k.endswith("attn.qkv.bias") and _query_or_value_bias(v)]
+        if biased:
+            raise IncompatibleWeightsError(
+                f"the DINOv3 file has non-zero query/value biases ({biased[0]} and {len(biased) - 1} more) but "
+                f"this timm model has none: use its '_qkvb' variant (MODEL.VIT.TIMM_NAME ..._dinov3_qkvb)")
+        state = {k: v for k, v in state.items() if not k.endswith("attn.qkv.bias")}
+    return eva.checkpoint_filter_fn(state, model)
 
 
 def dinov2_to_timm(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -111,6 +140,8 @@ def fit_to_model(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor
     """Timm-keyed tensors with the patch kernel and position grid resized to `model`'s."""
     if is_official_dinov2(state):
         state = dinov2_to_timm(state)
+    elif is_official_dinov3(state):
+        state = dinov3_to_timm(state, model)
     target = model.state_dict()
     state = dict(state)
     kernel = "patch_embed.proj.weight"
