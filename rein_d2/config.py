@@ -1,4 +1,4 @@
-"""Config keys of rein-d2: the official Mask2Former keys plus MODEL.VIT, MODEL.REIN, TEST.SLIDE, TEST.AMP.
+"""Config keys of rein-d2: the official Mask2Former keys plus MODEL.VIT, MODEL.CNN, MODEL.REIN, TEST.SLIDE, TEST.AMP.
 
 Mask2Former's keys and defaults are the official ones, so its YAML files parse unchanged.
 """
@@ -121,10 +121,22 @@ def add_vit_config(cfg: CN) -> None:
     vit.COMPILE = ""
 
 
+def add_cnn_config(cfg: CN) -> None:
+    """MODEL.CNN: the timm CNN of MODEL.BACKBONE.NAME "ReinCNN" (the paper's Table 8)."""
+    cnn = cfg.MODEL.CNN = CN()
+    # resnet50c / resnet101c (ResNet V1c, as MMSeg's) or convnext_large, with random weights.
+    cnn.TIMM_NAME = "resnet50c"
+    # timm file, or the official MMSeg ResNetV1c / MMPretrain ConvNeXt release; "" keeps random weights.
+    cnn.WEIGHTS = ""
+    cnn.FINETUNE = "rein"  # as MODEL.VIT.FINETUNE
+    cnn.DROP_PATH_RATE = 0.0
+
+
 def add_rein_config(cfg: CN) -> None:
     """All keys rein-d2 adds to Detectron2's defaults."""
     add_maskformer2_config(cfg)
     add_vit_config(cfg)
+    add_cnn_config(cfg)
     rein = cfg.MODEL.REIN = CN()
     rein.NAME = "LoRAReins"  # a class registered in PEFT_REGISTRY
     rein.TOKEN_LENGTH = 100

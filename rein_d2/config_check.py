@@ -49,6 +49,8 @@ RULES: tuple[InertKeys, ...] = (
               "R-CNN detection options; MaskFormer does not read them"),
     InertKeys(("MODEL.SWIN.",), "rein-d2 has no Swin backbone (MODEL.BACKBONE.NAME 'D2SwinTransformer')",
               lambda cfg: cfg.MODEL.BACKBONE.NAME != "D2SwinTransformer"),
+    InertKeys(("MODEL.CNN.",), "read only by the ReinCNN backbone (MODEL.BACKBONE.NAME 'ReinCNN')",
+              lambda cfg: cfg.MODEL.BACKBONE.NAME != "ReinCNN"),
     InertKeys(("MODEL.RESNETS.", "MODEL.BACKBONE.FREEZE_AT"),
               f"read only by Detectron2's ResNet backbones ({', '.join(RESNET_BACKBONES)})",
               lambda cfg: cfg.MODEL.BACKBONE.NAME not in RESNET_BACKBONES),

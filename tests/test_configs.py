@@ -21,6 +21,7 @@ def shrink(cfg):
     """Same architecture family and settings, tiny widths; no weight files."""
     v, mf, head = cfg.MODEL.VIT, cfg.MODEL.MASK_FORMER, cfg.MODEL.SEM_SEG_HEAD
     v.WEIGHTS, v.EMBED_DIM, v.NUM_HEADS, v.DEPTH = "", 32, 2, max(v.OUT_INDICES) + 1
+    cfg.MODEL.CNN.WEIGHTS = ""  # ReinCNN configs build at full size (ResNet-50 / ConvNeXt-L)
     mf.HIDDEN_DIM, mf.DIM_FEEDFORWARD, mf.DEC_LAYERS, mf.NHEADS = 32, 64, 3, 2
     head.CONVS_DIM, head.MASK_DIM, head.TRANSFORMER_ENC_LAYERS = 32, 32, 1
     cfg.MODEL.DEVICE = "cpu"

@@ -153,24 +153,29 @@ def fit_to_model(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor
 
 
 def load_vfm_weights(model: nn.Module, path: str | Path, config_key: str = "weights") -> tuple[list[str], list[str]]:
-    """Load `path` into `model`; returns (missing, unexpected) keys, which are also logged.
+    """Load `path` into `model`; returns (missing, unexpected) keys, which are also logged."""
+    return load_tensors(model, fit_to_model(read_state_dict(path, config_key), model), str(path), config_key)
 
-    Tensors whose shapes still differ after resizing mean another architecture: all of
-    them are listed in the error.
+
+def load_tensors(model: nn.Module, state: dict[str, Tensor], source: str,
+                 config_key: str = "weights") -> tuple[list[str], list[str]]:
+    """Load timm-named tensors (read from `source`) into `model`; returns (missing, unexpected).
+
+    Tensors whose shapes still differ mean another architecture: all of them are listed in
+    the error.
     """
-    state = fit_to_model(read_state_dict(path, config_key), model)
     target = model.state_dict()
     mismatched = [f"  {k}: file {tuple(v.shape)} vs model {tuple(target[k].shape)}"
                   for k, v in state.items() if k in target and v.shape != target[k].shape]
     if mismatched:
-        raise IncompatibleWeightsError(f"{config_key}: {path} does not fit this architecture; "
+        raise IncompatibleWeightsError(f"{config_key}: {source} does not fit this architecture; "
                                        f"{len(mismatched)} tensors differ in shape:\n" + "\n".join(mismatched))
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys:
         logger.warning("%s: %d model tensors not in %s (left as initialised): %s", config_key,
-                       len(result.missing_keys), path, ", ".join(result.missing_keys))
+                       len(result.missing_keys), source, ", ".join(result.missing_keys))
     if result.unexpected_keys:
         logger.warning("%s: %d tensors in %s unused by the model: %s", config_key,
-                       len(result.unexpected_keys), path, ", ".join(result.unexpected_keys))
-    logger.info("%s: loaded %d tensors from %s", config_key, len(state) - len(result.unexpected_keys), path)
+                       len(result.unexpected_keys), source, ", ".join(result.unexpected_keys))
+    logger.info("%s: loaded %d tensors from %s", config_key, len(state) - len(result.unexpected_keys), source)
     return list(result.missing_keys), list(result.unexpected_keys)
