@@ -8,9 +8,11 @@ import sys
 import time
 from collections import OrderedDict
 from pathlib import Path
+from unittest import mock
 
 import mmengine
 import pytest
+import timm
 import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
@@ -250,3 +252,44 @@ def test_a_release_with_the_frozen_dinov2_converts_without_its_final_norm(tmp_pa
     assert "note: left out 2 tensors (backbone.vit.norm.bias, backbone.vit.norm.weight)" in result.stdout
     saved = torch.load(tmp_path / "converted.pth", weights_only=True)["model"]
     assert "backbone.vit.blocks.0.attn.qkv.weight" in saved and "backbone.vit.norm.weight" not in saved
+
+
+CNN_CONFIG = str(REPO / "configs/cnns/rein_convnext_large_gta_512.yaml")
+CNN_TINY = [o for pair in zip(TINY[::2], TINY[1::2]) if not pair[0].startswith("MODEL.VIT.") for o in pair] + [
+    "MODEL.CNN.WEIGHTS", ""]
+
+
+def tiny_cnn_model():
+    """Table 8's ConvNeXt config at tiny width (timm's architecture arguments), seeded: the same
+    frozen CNN every time."""
+    real = timm.create_model
+    torch.manual_seed(3)
+    with mock.patch("timm.create_model", lambda *a, **k: real(*a, **k, depths=(1, 1, 2, 1), dims=(8, 16, 24, 32))):
+        cfg = get_cfg()
+        add_rein_config(cfg)
+        cfg.merge_from_file(CNN_CONFIG)
+        cfg.merge_from_list(CNN_TINY + ["MODEL.DEVICE", "cpu"])
+        return build_model(cfg).eval()
+
+
+def test_a_cnn_release_converts_and_reproduces_the_outputs(tmp_path):
+    """The official ReinsConvNeXt releases hold `backbone.reins.<stage>.*` and the head."""
+    reference = tiny_cnn_model()
+    torch.manual_seed(5)
+    ours = {k: torch.randn_like(v) for k, v in reference.state_dict().items()
+            if k.startswith(("backbone.reins.", "sem_seg_head."))}
+    release = {official_name(k): v for k, v in ours.items()}
+    assert "backbone.reins.3.learnable_tokens_a" in release
+    assert convert_official_rein(release).keys() == ours.keys()
+    reference.load_state_dict(ours, strict=False)
+    torch.save({"meta": {"mmseg_version": "1.2.2"}, "state_dict": release}, tmp_path / "official.pth")
+    out = tmp_path / "converted.pth"
+    real = timm.create_model
+    with mock.patch("timm.create_model", lambda *a, **k: real(*a, **k, depths=(1, 1, 2, 1), dims=(8, 16, 24, 32))):
+        convert_rein_checkpoint.main([str(tmp_path / "official.pth"), str(out), "--config-file", CNN_CONFIG,
+                                      "--opts", *CNN_TINY])
+    converted = tiny_cnn_model()
+    CompactCheckpointer(converted).load(str(out))
+    batch = [{"image": torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8)}]
+    with torch.no_grad():
+        assert torch.equal(converted(batch)[0]["sem_seg"], reference(batch)[0]["sem_seg"])

@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def model_shapes(config_file: str, opts: list[str]) -> dict[str, torch.Size]:
     """Shapes of the model's tensors, built on the CPU without loading any weight file."""
     cfg = load_config(config_file, opts)
-    cfg.MODEL.VIT.WEIGHTS = ""
+    cfg.MODEL.VIT.WEIGHTS = cfg.MODEL.CNN.WEIGHTS = ""
     cfg.MODEL.DEVICE = "cpu"
     return {k: v.shape for k, v in build_model(cfg).state_dict().items()}
 
