@@ -37,7 +37,9 @@ def test_config_parses_and_builds(path):
     cfg = load(path)
     assert cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == 19
     if "quickstart" not in path.parts:  # a paper setting: the official schedule and a release file
-        assert cfg.SOLVER.MAX_ITER == 40000 and cfg.MODEL.VIT.WEIGHTS.startswith("checkpoints/")
+        # the 1/16 semi-supervised fine-tuning runs the release's 4000 iterations
+        assert cfg.SOLVER.MAX_ITER == (4000 if "1-16" in path.name else 40000)
+        assert cfg.MODEL.VIT.WEIGHTS.startswith("checkpoints/")
     linked = cfg.MODEL.REIN.LINK_TOKEN_TO_QUERY
     assert not linked or cfg.MODEL.REIN.TOKEN_LENGTH == cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES
     torch.manual_seed(0)

@@ -11,6 +11,7 @@ from ..errors import ConfigError
 from .catalog import DG_DATASETS, DGDataset
 from .classes import CITYSCAPES_CLASSES, CITYSCAPES_COLORS, IGNORE_LABEL
 from .loader import datasets_root, load_dg_dataset
+from .subsets import SPLITS_DIR, SUBSETS, load_subset
 
 EVALUATOR_TYPE = "dg_sem_seg"
 _REGISTERED: set[str] = set()
@@ -59,3 +60,7 @@ def register_dg_datasets(root: str | Path | None = None) -> None:
     root = datasets_root() if root is None else Path(root)
     for spec in DG_DATASETS:
         register_split(spec.name, functools.partial(load_dg_dataset, spec, root), dg_metadata(spec, root))
+    specs = {spec.name: spec for spec in DG_DATASETS}
+    for name, (full, subset_file) in SUBSETS.items():
+        register_split(name, functools.partial(load_subset, name, specs[full], root, SPLITS_DIR / subset_file),
+                       dg_metadata(specs[full], root))
