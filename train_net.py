@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from detectron2.config import CfgNode
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup, hooks, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -20,6 +20,7 @@ from rein_d2.config import load_config
 from rein_d2.engine import NonFiniteLossError, ReinTrainer  # noqa: F401  (NonFiniteLossError: for callers)
 from rein_d2.engine.rank_failure import every_rank_stops_on_error
 from rein_d2.errors import ConfigError
+from rein_d2.evaluation.multi_domain import evaluate_with_tta
 from rein_d2.utils.cli import exit_like_failed_worker, hide_user_error_tracebacks, user_errors
 
 
@@ -44,9 +45,14 @@ def main(args: argparse.Namespace):
             model = ReinTrainer.build_model(cfg)
             CompactCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS,
                                                                                resume=args.resume)
-            return ReinTrainer.test(cfg, model)
+            results = ReinTrainer.test(cfg, model)
+            if cfg.TEST.AUG.ENABLED:
+                results.update(evaluate_with_tta(cfg, model))
+            return results
         trainer = ReinTrainer(cfg)
         trainer.resume_or_load(resume=args.resume)
+        if cfg.TEST.AUG.ENABLED:  # after training, as Mask2Former's train_net
+            trainer.register_hooks([hooks.EvalHook(0, lambda: evaluate_with_tta(cfg, trainer.model))])
         return trainer.train()
 
 

@@ -80,8 +80,9 @@ RULES: tuple[InertKeys, ...] = (
               "options of RepeatFactorTrainingSampler, which needs instance annotations",
               lambda cfg: cfg.DATALOADER.SAMPLER_TRAIN != "RepeatFactorTrainingSampler"),
     InertKeys(("TEST.PRECISE_BN.ENABLED", "TEST.PRECISE_BN.NUM_ITER"),
-              "precise BN recomputes BatchNorm statistics; this model has no BatchNorm layer"),
-    InertKeys(("TEST.AUG.ENABLED",), "test-time augmentation is not implemented yet"),
+              "precise BN recomputes BatchNorm statistics, which rein-d2 keeps frozen (ReinCNN) or has none of"),
+    InertKeys(("TEST.AUG.MIN_SIZES", "TEST.AUG.MAX_SIZE", "TEST.AUG.FLIP"),
+              "test-time augmentation is off (TEST.AUG.ENABLED False)", lambda cfg: not cfg.TEST.AUG.ENABLED),
     InertKeys(("TEST.EXPECTED_RESULTS",),
               "Detectron2's check reads results[task][metric]; multi-domain results are keyed by dataset"),
 )

@@ -78,7 +78,7 @@ def test_config_errors_name_the_key_and_the_closest_one(opts, message):
 
 @pytest.mark.parametrize("key, value", [
     ("INPUT.DATASET_MAPPER_NAME", "mask_former_panoptic"), ("SOLVER.WEIGHT_DECAY_EMBED", "0.05"),
-    ("TEST.AUG.ENABLED", "True"), ("MODEL.SWIN.EMBED_DIM", "192"), ("MODEL.SEM_SEG_HEAD.LOSS_WEIGHT", "2.0"),
+    ("TEST.AUG.FLIP", "False"), ("MODEL.SWIN.EMBED_DIM", "192"), ("MODEL.SEM_SEG_HEAD.LOSS_WEIGHT", "2.0"),
     ("MODEL.MASK_FORMER.ENC_LAYERS", "6"), ("SOLVER.MOMENTUM", "0.5"), ("SOLVER.STEPS", "(100,)"),
     ("MODEL.RESNETS.DEPTH", "101"), ("DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler"),
     ("TEST.PRECISE_BN.ENABLED", "True"), ("INPUT.IMAGE_SIZE", "512"),

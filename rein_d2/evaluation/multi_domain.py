@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from rein_d2.data.test_mapper import DGTestDatasetMapper
+from rein_d2.modeling.meta_arch.tta import SemanticSegmentorWithTTA
 
 from .dg_evaluator import MultiDomainSemSegEvaluator
 
@@ -56,3 +57,11 @@ def evaluate_on_domains(cfg, model: nn.Module, dataset_names: Sequence[str] | No
         return OrderedDict()
     evaluator = build_dg_evaluator(cfg, names, output_dir, mean_over)
     return inference_on_dataset(model, build_dg_test_loader(cfg, names), evaluator)
+
+
+def evaluate_with_tta(cfg, model: nn.Module) -> OrderedDict:
+    """Mask2Former's test_with_TTA: every test domain scored with TEST.AUG's augmentations
+    (SemanticSegmentorWithTTA), written under OUTPUT_DIR/inference_TTA, keys suffixed `_TTA`."""
+    tta = SemanticSegmentorWithTTA.from_config(cfg, model)
+    results = evaluate_on_domains(cfg, tta, output_dir=os.path.join(cfg.OUTPUT_DIR, "inference_TTA"))
+    return OrderedDict((f"{name}_TTA", value) for name, value in results.items())
