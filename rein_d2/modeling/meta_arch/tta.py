@@ -62,4 +62,3 @@ class SemanticSegmentorWithTTA(nn.Module):
                 total = scores.float() if total is None else total + scores
                 count += 1
         return total / count
-
