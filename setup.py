@@ -24,6 +24,7 @@ setup(
         "numpy",
         "Pillow",
         "tabulate",
+        "pyyaml",  # dataset files (DATASETS.FILES)
         "matplotlib",
         # Cityscapes-C corruptions (datasets/prepare_cityscapes_c.py): what imagecorruptions-imaug
         # imports; tools/bootstrap.py installs that package itself without its GUI OpenCV.

@@ -24,7 +24,7 @@ from ...checkpoint.vfm_weights import IncompatibleWeightsError, load_tensors, re
 from ...errors import ConfigError
 from ..rein import REIN_QUERIES_KEY
 from .peft import build_peft
-from .vit import FINETUNE_MODES, OUT_FEATURES
+from .vit import FINETUNE_MODES, OUT_FEATURES, trains_backbone
 
 logger = logging.getLogger(__name__)
 
@@ -77,11 +77,7 @@ class ReinCNN(Backbone):
     @configurable
     def __init__(self, stages: Stages, finetune: str = "rein", reins: list[nn.Module] | None = None) -> None:
         super().__init__()
-        if finetune not in FINETUNE_MODES:
-            raise ConfigError(f"MODEL.CNN.FINETUNE={finetune!r}; choose one of {sorted(FINETUNE_MODES)}")
-        attach_peft, train_cnn = FINETUNE_MODES[finetune]
-        if attach_peft != (reins is not None):
-            raise ConfigError(f"fine-tune mode {finetune!r} {'needs' if attach_peft else 'takes no'} refinement")
+        train_cnn = trains_backbone(finetune, reins is not None, "MODEL.CNN.FINETUNE")
         self.entries, self.blocks, self.out_norms = stages.entries, stages.blocks, stages.out_norms
         self.finetune = finetune
         self.requires_grad_(train_cnn)

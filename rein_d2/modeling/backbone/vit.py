@@ -36,6 +36,17 @@ NOMINAL_STRIDES = (4, 8, 16, 32)
 FINETUNE_MODES = {"rein": (True, False), "freeze": (False, False), "full": (False, True)}
 
 
+def trains_backbone(finetune: str, has_refinement: bool, config_key: str) -> bool:
+    """Whether fine-tune mode `finetune` trains the backbone's own weights; refuses an unknown
+    mode, or a refinement module given to a mode without one (or missing from "rein")."""
+    if finetune not in FINETUNE_MODES:
+        raise ConfigError(f"{config_key}={finetune!r}; choose one of {sorted(FINETUNE_MODES)}")
+    attach_peft, train_backbone = FINETUNE_MODES[finetune]
+    if attach_peft != has_refinement:
+        raise ConfigError(f"fine-tune mode {finetune!r} {'needs' if attach_peft else 'takes no'} refinement module")
+    return train_backbone
+
+
 def create_timm_vfm(
     timm_name: str,
     patch_size: int,
@@ -59,8 +70,9 @@ def create_timm_vfm(
     except RuntimeError as err:
         if "Unknown model" not in str(err):
             raise
-        raise ConfigError(f"MODEL.VIT.TIMM_NAME={timm_name!r} is not a timm model; "
-                         f"list them with `timm.list_models('*dinov2*')`") from err
+        raise ConfigError(f"MODEL.VIT.TIMM_NAME={timm_name!r} is not a model of the installed timm "
+                          f"{timm.__version__}; list them with `timm.list_models('*dinov2*')`, or upgrade timm "
+                          "for models it added later (DINOv3, Perception Encoder, RADIO)") from err
     return use_official_pos_embed(model, timm_name)
 
 
@@ -92,11 +104,7 @@ class ReinViT(Backbone):
         """grad_checkpoint: recompute each block's activations (and its Rein) in the backward pass.
         compile_backend: torch.compile backend for the blocks' forward, "" for eager."""
         super().__init__()
-        if finetune not in FINETUNE_MODES:
-            raise ConfigError(f"MODEL.VIT.FINETUNE={finetune!r}; choose one of {sorted(FINETUNE_MODES)}")
-        attach_peft, train_vit = FINETUNE_MODES[finetune]
-        if attach_peft != (peft is not None):
-            raise ConfigError(f"fine-tune mode {finetune!r} {'needs' if attach_peft else 'takes no'} refinement module")
+        train_vit = trains_backbone(finetune, peft is not None, "MODEL.VIT.FINETUNE")
         depth = len(vit.blocks)
         increasing = all(a < b for a, b in zip(out_indices, out_indices[1:]))
         if len(out_indices) != len(OUT_FEATURES) or not increasing or not 0 <= out_indices[0] <= out_indices[-1] < depth:
