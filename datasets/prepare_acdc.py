@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rein_d2.data.catalog import ACDC_CONDITIONS
+from rein_d2.data.catalog import ACDC_CONDITIONS, DGSS_CLASSES
 from rein_d2.data.label_io import image_size, read_ids
 from rein_d2.data.label_maps import CITYSCAPES_ID_TO_TRAIN_ID, make_lut
 from rein_d2.data.prepare_utils import (LabelJob, PrepareError, convert_label, files_with_suffix,
@@ -36,12 +36,12 @@ def prepare(job: tuple[Path, Path, bool]) -> str:
     train_ids = label_stem.with_name(label_stem.name + TRAIN_ID_SUFFIX)
     label_ids = label_stem.with_name(label_stem.name + LABEL_ID_SUFFIX)
     if train_ids.is_file() and not (force and label_ids.is_file()):
-        read_checked_train_ids(train_ids, image_size(image))
+        read_checked_train_ids(train_ids, image_size(image), **DGSS_CLASSES.id_range())
         return "checked"
     if not label_ids.is_file():
         raise PrepareError(f"image {image} has neither {train_ids.name} nor {label_ids.name} "
                            f"in {train_ids.parent}: extract gt_trainval.zip into acdc/")
-    return convert_label(LabelJob(label_ids, train_ids, image, force=True), to_train_ids)
+    return convert_label(LabelJob(label_ids, train_ids, image, force=True), to_train_ids, **DGSS_CLASSES.id_range())
 
 
 def main(argv: list[str] | None = None) -> int:

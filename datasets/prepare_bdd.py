@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from rein_d2.data.catalog import DGSS_CLASSES
 from rein_d2.data.label_io import image_size
 from rein_d2.data.prepare_utils import (PrepareError, files_with_suffix, main_guard,
                                         prepare_parser, read_checked_train_ids, require_dir,
@@ -21,7 +22,7 @@ def check(job: tuple[Path, Path]) -> str:
     if not mask.is_file():
         raise PrepareError(f"image {image} has no mask {mask}: extract the BDD100K "
                            "semantic segmentation labels")
-    read_checked_train_ids(mask, image_size(image))
+    read_checked_train_ids(mask, image_size(image), **DGSS_CLASSES.id_range())
     return "checked"
 
 

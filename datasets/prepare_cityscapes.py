@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rein_d2.data.catalog import DGSS_CLASSES
 from rein_d2.data.label_io import read_ids
 from rein_d2.data.label_maps import CITYSCAPES_ID_TO_TRAIN_ID, make_lut
 from rein_d2.data.prepare_utils import (LabelJob, PrepareError, convert_label, files_with_suffix,
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise PrepareError(f"no *{IN_SUFFIX} under {folder.resolve()}")
             jobs += [LabelJob(src, src.with_name(src.name[: -len(IN_SUFFIX)] + OUT_SUFFIX),
                               force=args.force) for src in sources]
-        work = functools.partial(convert_label, to_train_ids=to_train_ids)
+        work = functools.partial(convert_label, to_train_ids=to_train_ids, **DGSS_CLASSES.id_range())
         return run_jobs(work, jobs, args.workers, "prepare_cityscapes")
 
     return main_guard(run)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rein_d2.data.catalog import DGSS_CLASSES
 from rein_d2.data.label_io import read_ids
 from rein_d2.data.label_maps import CITYSCAPES_ID_TO_TRAIN_ID, make_lut
 from rein_d2.data.prepare_utils import (PrepareError, convert_label, main_guard, prepare_parser, require_dir, run_jobs,
@@ -37,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         labels_dir = require_dir(args.root / "labels", "GTAV label folder", hint)
         images_dir = require_dir(args.root / "images", "GTAV image folder", hint)
         jobs = sibling_label_jobs(labels_dir, images_dir, OUT_SUFFIX, args.force, hint)
-        work = functools.partial(convert_label, to_train_ids=to_train_ids, resize_to_image=True)
+        work = functools.partial(convert_label, to_train_ids=to_train_ids, resize_to_image=True,
+                                 **DGSS_CLASSES.id_range())
         return run_jobs(work, jobs, args.workers, "prepare_gtav")
 
     return main_guard(run)

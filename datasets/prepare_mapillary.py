@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from rein_d2.data.catalog import DGSS_CLASSES
 from rein_d2.data.label_io import image_size, read_ids
 from rein_d2.data.label_maps import MAPILLARY_V12_NUM_IDS, MAPILLARY_V12_TO_TRAIN_ID, make_lut
 from rein_d2.data.prepare_utils import (LabelJob, PrepareError, convert_label, files_with_suffix,
@@ -62,9 +63,9 @@ def prepare_val(job: ValJob) -> str:
     if (labels.shape[1], labels.shape[0]) != size:
         raise PrepareError(f"label {job.label} is {labels.shape[1]}x{labels.shape[0]} but its "
                            f"image {job.image} is {size[0]}x{size[1]}")
-    write_train_ids(job.full_label, labels, job.label)
+    write_train_ids(job.full_label, labels, job.label, **DGSS_CLASSES.id_range())
     write_train_ids(job.half_label, np.asarray(Image.fromarray(labels).resize(half, Image.NEAREST)),
-                    job.label)
+                    job.label, **DGSS_CLASSES.id_range())
     with Image.open(job.image) as image:
         write_image(job.half_image, np.asarray(image.convert("RGB").resize(half, Image.BICUBIC)))
     return "written"
@@ -92,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         if not train_jobs or not val_jobs:
             raise PrepareError(f"no label PNG in {root.resolve()}/{{training,validation}}/v1.2/"
                                f"labels. {hint}")
-        code = run_jobs(functools.partial(convert_label, to_train_ids=to_train_ids), train_jobs,
-                        args.workers, "prepare_mapillary train")
+        convert = functools.partial(convert_label, to_train_ids=to_train_ids, **DGSS_CLASSES.id_range())
+        code = run_jobs(convert, train_jobs, args.workers, "prepare_mapillary train")
         return max(code, run_jobs(prepare_val, val_jobs, args.workers, "prepare_mapillary val"))
 
     return main_guard(run)

@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from rein_d2.data.catalog import DGSS_CLASSES
 from rein_d2.data.label_maps import SYNTHIA_ID_TO_TRAIN_ID, make_lut
 from rein_d2.data.prepare_utils import (PrepareError, convert_label, main_guard, prepare_parser, require_dir, run_jobs,
                                         sibling_label_jobs)
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         labels_dir = require_dir(args.root / "GT" / "LABELS", "SYNTHIA label folder", hint)
         images_dir = require_dir(args.root / "RGB", "SYNTHIA image folder", hint)
         jobs = sibling_label_jobs(labels_dir, images_dir, OUT_SUFFIX, args.force, hint)
-        work = functools.partial(convert_label, to_train_ids=to_train_ids)
+        work = functools.partial(convert_label, to_train_ids=to_train_ids, **DGSS_CLASSES.id_range())
         return run_jobs(work, jobs, args.workers, "prepare_synthia")
 
     return main_guard(run)

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from rein_d2.data.classes import NUM_CLASSES
+from rein_d2.data.catalog import DGSS_CLASSES
 from rein_d2.data.label_io import read_ids
 from rein_d2.data.label_maps import make_lut
 from rein_d2.data.prepare_utils import (LabelJob, PrepareError, convert_label, files_with_suffix,
                                         main_guard, prepare_parser, require_dir, run_jobs)
 
 OUT_SUFFIX = "_labelTrainIds.png"
-LUTS = {np.dtype(t): make_lut({i: i for i in range(NUM_CLASSES)}, t)
+LUTS = {np.dtype(t): make_lut({i: i for i in range(DGSS_CLASSES.num_classes)}, t)
         for t in (np.uint8, np.uint16)}
 
 
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs = [LabelJob(src, src.with_name(src.stem + OUT_SUFFIX),
                          images_dir / src.relative_to(labels_dir).with_name("rgb_" + src.name[3:]),
                          args.force) for src in sources]
-        work = functools.partial(convert_label, to_train_ids=to_train_ids)
+        work = functools.partial(convert_label, to_train_ids=to_train_ids, **DGSS_CLASSES.id_range())
         return run_jobs(work, jobs, args.workers, "prepare_urbansyn")
 
     return main_guard(run)

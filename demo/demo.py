@@ -6,8 +6,11 @@
     python demo/demo.py --config-file CONFIG.yaml --webcam
 
 Each image gives <output>/<name>_seg.png: the predicted classes over the image in the
-Cityscapes colours, with a legend of the classes present (--side-by-side puts the input
-on the left). A video gives <output>/<name>_seg.mp4 at the input's frame size and rate.
+colours of the model's dataset, with a legend of the classes present (--side-by-side puts
+the input on the left). Class names and colours come from the MetadataCatalog entry of
+--dataset, by default the config's first DATASETS.TEST (else DATASETS.TRAIN) dataset; a
+dataset without `stuff_colors` (e.g. Detectron2's ADE20K) gets a fixed generated palette,
+the same on every run. A video gives <output>/<name>_seg.mp4 at the input's frame size and rate.
 Semantic segmentation needs no confidence threshold: every pixel gets its most likely
 class. Unreadable inputs are reported and skipped, inputs are never overwritten, and
 outputs appear only once complete. Exit code: 0 when something was processed, 1 when
@@ -17,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import glob
 import itertools
 import logging
 import math
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import cv2
@@ -35,8 +39,9 @@ from detectron2.utils.logger import setup_logger
 from PIL import Image
 from tqdm import tqdm
 
-from predictor import SemanticPredictor, visualize
+from predictor import Legend, SemanticPredictor, visualize
 from rein_d2.config import load_config
+from rein_d2.data.class_check import model_classes
 from rein_d2.errors import ReinD2Error
 from rein_d2.utils.atomic import atomic_write_image
 from rein_d2.utils.cli import user_errors
@@ -49,6 +54,7 @@ UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 DEFAULT_FPS = 30.0
 WINDOW = "rein-d2"
 ESC = 27
+Render = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (BGR image, label map) -> what is shown or written
 
 
 class DemoError(ReinD2Error):
@@ -71,6 +77,9 @@ def get_parser() -> argparse.ArgumentParser:
                              "are shown in a window")
     parser.add_argument("--side-by-side", action="store_true",
                         help="put the input left of the result")
+    parser.add_argument("--dataset", metavar="NAME",
+                        help="registered dataset whose class names and colours to show (default: the "
+                             "config's first DATASETS.TEST, else DATASETS.TRAIN)")
     parser.add_argument("--batch-size", type=int, default=4, metavar="N",
                         help="video frames per model call (default: %(default)s)")
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, metavar="KEY VALUE",
@@ -87,6 +96,18 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     return cfg
+
+
+def legend_for(cfg: CfgNode, dataset: str | None) -> Legend:
+    """The legend of `dataset`, else of the config's first test (or training) dataset; refused
+    unless the model predicts that dataset's number of classes."""
+    name = dataset or next(iter([*cfg.DATASETS.TEST, *cfg.DATASETS.TRAIN]), None)
+    if name is None:
+        raise DemoError("the config names no dataset (DATASETS.TEST and DATASETS.TRAIN are empty) to take "
+                        "the class names and colours from; pass --dataset NAME")
+    legend = Legend(model_classes(cfg, name))
+    logger.info("class names and colours of dataset '%s' (%d classes)", name, len(legend.names))
+    return legend
 
 
 def is_folder(output: str) -> bool:
@@ -178,7 +199,7 @@ def show(frame: np.ndarray, wait_ms: int) -> bool:
 
 
 def run_images(predictor: SemanticPredictor, inputs: list[Path], targets: list[Path] | None,
-               side_by_side: bool) -> int:
+               render: Render) -> int:
     """Segment every readable image; the number of images done."""
     done = 0
     for index, path in enumerate(tqdm(inputs, desc="segmenting", unit="img")):
@@ -187,7 +208,7 @@ def run_images(predictor: SemanticPredictor, inputs: list[Path], targets: list[P
         except UNREADABLE as e:
             logger.warning("skipped %s: not a readable image (%s)", path, e)
             continue
-        result = visualize(image, predictor(image), side_by_side)
+        result = render(image, predictor(image))
         if targets is None:
             if not show(result, 0):
                 break
@@ -212,7 +233,7 @@ def batched(items: Iterable[np.ndarray], size: int) -> Iterator[list[np.ndarray]
 
 
 def stream(predictor: SemanticPredictor, frames: Iterable[np.ndarray], target: Path | None,
-           fps: float, side_by_side: bool, batch_size: int, total: int | None = None) -> int:
+           fps: float, render: Render, batch_size: int, total: int | None = None) -> int:
     """Segment frames in batches into the video `target` (or a window); the number of frames done.
 
     The video is opened at the first frame, so its size is the real frame size.
@@ -223,7 +244,7 @@ def stream(predictor: SemanticPredictor, frames: Iterable[np.ndarray], target: P
         sink = None
         for batch in batched(frames, batch_size):
             for frame, labels in zip(batch, predictor.predict_batch(batch)):
-                result = visualize(frame, labels, side_by_side)
+                result = render(frame, labels)
                 if target is None:
                     if not show(result, 1):
                         return done
@@ -237,7 +258,7 @@ def stream(predictor: SemanticPredictor, frames: Iterable[np.ndarray], target: P
     return done
 
 
-def run_video(predictor: SemanticPredictor, source: Path, target: Path | None, side_by_side: bool,
+def run_video(predictor: SemanticPredictor, source: Path, target: Path | None, render: Render,
               batch_size: int) -> int:
     capture = cv2.VideoCapture(str(source))
     if not capture.isOpened():
@@ -251,7 +272,7 @@ def run_video(predictor: SemanticPredictor, source: Path, target: Path | None, s
         fps = DEFAULT_FPS
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     try:
-        done = stream(predictor, read_frames(capture), target, fps, side_by_side, batch_size, total)
+        done = stream(predictor, read_frames(capture), target, fps, render, batch_size, total)
     finally:
         capture.release()
     if not done:
@@ -259,13 +280,13 @@ def run_video(predictor: SemanticPredictor, source: Path, target: Path | None, s
     return done
 
 
-def run_webcam(predictor: SemanticPredictor, side_by_side: bool) -> int:
+def run_webcam(predictor: SemanticPredictor, render: Render) -> int:
     capture = cv2.VideoCapture(0)
     if not capture.isOpened():
         raise DemoError("cannot open camera 0: no camera is connected, or another program uses it; "
                         "try --video-input or --input instead")
     try:
-        return stream(predictor, read_frames(capture), None, 0.0, side_by_side, batch_size=1)
+        return stream(predictor, read_frames(capture), None, 0.0, render, batch_size=1)
     finally:
         capture.release()
         cv2.destroyAllWindows()
@@ -279,19 +300,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     cfg = setup_cfg(args)
+    render = functools.partial(visualize, legend=legend_for(cfg, args.dataset), side_by_side=args.side_by_side)
     if args.webcam:
         if args.output:
             raise DemoError("--webcam shows results in a window; --output cannot be used "
                             "with it")
         require_display()
-        return 0 if run_webcam(SemanticPredictor(cfg), args.side_by_side) else 1
+        return 0 if run_webcam(SemanticPredictor(cfg), render) else 1
     if args.output is None:
         require_display()
     if args.video_input:
         source = Path(args.video_input)
         target = video_output(source, args.output) if args.output else None
-        done = run_video(SemanticPredictor(cfg), source, target, args.side_by_side,
-                         args.batch_size)
+        done = run_video(SemanticPredictor(cfg), source, target, render, args.batch_size)
         if done and target is not None:
             logger.info("%d frames segmented into %s", done, target)
         return 0 if done else 1
@@ -300,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("no input found in %s", " ".join(args.input))
         return 1
     targets = image_outputs(inputs, args.output) if args.output else None
-    done = run_images(SemanticPredictor(cfg), inputs, targets, args.side_by_side)
+    done = run_images(SemanticPredictor(cfg), inputs, targets, render)
     logger.info("%d of %d inputs segmented%s", done, len(inputs),
                 f" into {args.output}" if args.output else "")
     if not done:

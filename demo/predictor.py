@@ -16,7 +16,7 @@ from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
 from rein_d2.checkpoint.compact import CompactCheckpointer
-from rein_d2.data.classes import CITYSCAPES_CLASSES, CITYSCAPES_COLORS, IGNORE_LABEL
+from rein_d2.data.dataset_classes import DatasetClasses
 from rein_d2.errors import ConfigError
 
 
@@ -84,37 +84,46 @@ class SemanticPredictor:
         return self.predict_batch([image])[0]
 
 
-def palette_lut() -> np.ndarray:
-    """(256, 3) BGR colour per label: Cityscapes colours, grey for other ids, black for ignore."""
-    lut = np.full((256, 3), 128, np.uint8)
-    lut[: len(CITYSCAPES_COLORS)] = np.asarray(CITYSCAPES_COLORS, np.uint8)[:, ::-1]
-    lut[IGNORE_LABEL] = 0
-    return lut
+class Legend:
+    """Names and colours of one dataset's classes: the palette of the overlays and their legend.
+
+    The colours are the dataset's `stuff_colors`; a dataset without them (e.g. Detectron2's
+    ADE20K) gets a fixed generated palette, the same on every run (DatasetClasses.palette).
+    Ids without a class are grey, the ignore label black.
+    """
+
+    def __init__(self, classes: DatasetClasses):
+        if classes.num_classes > 255:
+            raise ConfigError(f"{classes.num_classes} classes do not fit the demo's 8-bit label maps")
+        self.names = classes.names
+        self.lut = np.full((256, 3), 128, np.uint8)  # BGR per label id
+        self.lut[: classes.num_classes] = np.asarray(classes.palette(), np.uint8)[:, ::-1]
+        if classes.ignore_label < 256:
+            self.lut[classes.ignore_label] = 0
+        self.ignore_label = classes.ignore_label
+
+    @classmethod
+    def of_dataset(cls, dataset_name: str) -> Legend:
+        return cls(DatasetClasses.of(dataset_name))
+
+    def colorize(self, labels: np.ndarray) -> np.ndarray:
+        """The BGR colour image of a label map (one table lookup, no per-pixel loop)."""
+        return self.lut[labels]
+
+    def class_name(self, label: int) -> str:
+        return self.names[label] if label < len(self.names) else f"class {label}"
+
+    def entries(self, labels: np.ndarray) -> list[tuple[int, str]]:
+        """(id, name) of the classes present in `labels`, in id order, the ignore label excluded."""
+        return [(int(i), self.class_name(int(i))) for i in np.unique(labels) if i != self.ignore_label]
 
 
-PALETTE = palette_lut()
-
-
-def colorize(labels: np.ndarray) -> np.ndarray:
-    """The BGR colour image of a label map (one table lookup, no per-pixel loop)."""
-    return PALETTE[labels]
-
-
-def class_name(label: int) -> str:
-    return CITYSCAPES_CLASSES[label] if label < len(CITYSCAPES_CLASSES) else f"class {label}"
-
-
-def legend_entries(labels: np.ndarray) -> list[tuple[int, str]]:
-    """(id, name) of the classes present in `labels`, in id order, the ignore label excluded."""
-    return [(int(i), class_name(int(i))) for i in np.unique(labels) if i != IGNORE_LABEL]
-
-
-def draw_legend(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def draw_legend(image: np.ndarray, labels: np.ndarray, legend: Legend) -> np.ndarray:
     """`image` with a translucent legend (colour swatch and name per present class) at its top left.
 
     Rows scale with the image height; classes that do not fit in one column wrap into the next.
     """
-    entries = legend_entries(labels)
+    entries = legend.entries(labels)
     if not entries:
         return image
     height = image.shape[0]
@@ -131,16 +140,16 @@ def draw_legend(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     out[:box_h, :box_w] = out[:box_h, :box_w] // 3
     for k, (label, name) in enumerate(entries):
         x, y = (k // per_column) * column_width + row // 4, (k % per_column) * row + row // 4
-        color = tuple(int(c) for c in PALETTE[label])
+        color = tuple(int(c) for c in legend.lut[label])
         cv2.rectangle(out, (x, y + 1), (x + row * 3 // 4, y + row * 3 // 4), color, -1)
         cv2.putText(out, name, (x + row, y + row * 3 // 4), font, scale, (255, 255, 255), 1,
                     cv2.LINE_AA)
     return out
 
 
-def visualize(image: np.ndarray, labels: np.ndarray, side_by_side: bool = False,
+def visualize(image: np.ndarray, labels: np.ndarray, legend: Legend, side_by_side: bool = False,
               alpha: float = 0.6) -> np.ndarray:
     """The label map blended over the BGR image, with a legend; optionally input | overlay."""
-    overlay = cv2.addWeighted(colorize(labels), alpha, image, 1.0 - alpha, 0.0)
-    overlay = draw_legend(overlay, labels)
+    overlay = cv2.addWeighted(legend.colorize(labels), alpha, image, 1.0 - alpha, 0.0)
+    overlay = draw_legend(overlay, labels, legend)
     return np.hstack([image, overlay]) if side_by_side else overlay

@@ -1,4 +1,4 @@
-"""Config keys of rein-d2: the official Mask2Former keys plus MODEL.VIT, MODEL.CNN, MODEL.REIN, TEST.SLIDE, TEST.AMP.
+"""Config keys of rein-d2: the official Mask2Former keys plus MODEL.VIT, MODEL.CNN, MODEL.REIN, TEST.SLIDE, TEST.AMP, DATASETS.FILES.
 
 Mask2Former's keys and defaults are the official ones, so its YAML files parse unchanged.
 """
@@ -12,6 +12,7 @@ from detectron2.config import CfgNode as CN
 from detectron2.projects.deeplab import add_deeplab_config
 
 from .config_check import check_honoured, leaf_items
+from .data.sem_seg_folder import register_dataset_files
 from .errors import ConfigError
 
 
@@ -159,6 +160,10 @@ def add_rein_config(cfg: CN) -> None:
     # DDP's search for parameters without gradient (the official Rein sets it).
     cfg.SOLVER.FIND_UNUSED_PARAMETERS = False
 
+    # Dataset files (YAML or JSON, datasets/README.md "Your own dataset") whose splits load_config
+    # registers, so that DATASETS.TRAIN / TEST can name them; relative paths from the current directory.
+    cfg.DATASETS.FILES = []
+
     # Test datasets whose scores form the reported mean (the official Rein reports the mean over
     # Cityscapes, BDD100K and Mapillary); empty: all of DATASETS.TEST. Per-domain scores are kept.
     cfg.TEST.MEAN_OVER = []
@@ -194,6 +199,7 @@ def _unknown_key_message(err: Exception, cfg: CN, source: str) -> str:
 def load_config(config_file: str, opts: list[str] | None = None, *, check: bool = True) -> CN:
     """Detectron2's defaults + rein-d2's keys, then the YAML file (with its _BASE_ files) and
     the KEY VALUE overrides, each error a ConfigError that names the key and where it was set.
+    The splits of DATASETS.FILES are registered (in every process that loads the config).
 
     With `check`, keys set to values that rein-d2 would ignore are refused (config_check.py).
     """
@@ -211,6 +217,7 @@ def load_config(config_file: str, opts: list[str] | None = None, *, check: bool 
             merge()
         except (KeyError, AssertionError, ValueError, TypeError) as err:
             raise ConfigError(_unknown_key_message(err, defaults, source)) from err
+    register_dataset_files(cfg.DATASETS.FILES)
     if check:
         source = f"the config ({config_file}{' with its command-line overrides' if opts else ''})"
         check_honoured(cfg, defaults, source)

@@ -14,7 +14,7 @@ from detectron2.config import get_cfg
 
 import fake_segmenter  # registers the TinyFakeSegmenter meta-architecture
 from rein_d2 import add_rein_config
-from rein_d2.data.classes import CITYSCAPES_COLORS
+from rein_d2.data.catalog import DGSS_CLASSES
 from rein_d2.data.synthetic import make_synthetic_video
 from rein_d2.utils.video import VideoCodecError, VideoSink
 
@@ -30,6 +30,10 @@ CONFIG = """\
 MODEL:
   META_ARCHITECTURE: TinyFakeSegmenter
   DEVICE: cpu
+  SEM_SEG_HEAD:
+    NUM_CLASSES: 19
+DATASETS:
+  TEST: ("dg_cityscapes_val",)
 INPUT:
   FORMAT: RGB
   MIN_SIZE_TEST: 0
@@ -190,24 +194,25 @@ def test_weights_given_with_opts_are_loaded(config, tmp_path):
     args = ("--input", tmp_path / "black.png", "--output", out, "--opts", "MODEL.WEIGHTS")
     assert run(config, *args, tmp_path / "car.pth") == 0
     corner = cv2.imread(str(out / "black_seg.png"))[-1, -1]  # outside the legend
-    car_bgr = np.array(CITYSCAPES_COLORS[13][::-1])
+    car_bgr = np.array(DGSS_CLASSES.colors[13][::-1])
     np.testing.assert_allclose(corner, 0.6 * car_bgr, atol=1)
     assert run(config, *args, tmp_path / "missing.pth") == 2
 
 
 def test_visualisation_colours_and_legend():
+    legend = predictor.Legend.of_dataset("dg_cityscapes_val")
     labels = np.array([[0, 13], [13, 255]], np.uint8)
-    colours = predictor.colorize(labels)
-    assert tuple(colours[0, 0]) == CITYSCAPES_COLORS[0][::-1]
-    assert tuple(colours[0, 1]) == CITYSCAPES_COLORS[13][::-1]
+    colours = legend.colorize(labels)
+    assert tuple(colours[0, 0]) == (128, 64, 128)[::-1]  # Cityscapes road, RGB -> BGR
+    assert tuple(colours[0, 1]) == (0, 0, 142)[::-1]  # car
     assert tuple(colours[1, 1]) == (0, 0, 0)
-    assert predictor.legend_entries(labels) == [(0, "road"), (13, "car")]
+    assert legend.entries(labels) == [(0, "road"), (13, "car")]
     big = np.kron(labels, np.ones((100, 100), np.uint8))
-    plain = predictor.colorize(big)
-    shown = predictor.draw_legend(plain, big)
+    plain = legend.colorize(big)
+    shown = predictor.draw_legend(plain, big, legend)
     assert (shown[:20, :20] != plain[:20, :20]).any()
     assert (shown[150:, 150:] == plain[150:, 150:]).all()
-    assert predictor.visualize(np.full((200, 200, 3), 90, np.uint8), big).shape == (200, 200, 3)
+    assert predictor.visualize(np.full((200, 200, 3), 90, np.uint8), big, legend).shape == (200, 200, 3)
 
 
 def test_video_sink_falls_back_and_fails_clearly(tmp_path):

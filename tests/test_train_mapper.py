@@ -38,6 +38,7 @@ def mapper_cfg(crop=48, color=False, max_area=1.0):
     cfg.INPUT.COLOR_AUG_SSD = color
     cfg.INPUT.SIZE_DIVISIBILITY = crop
     cfg.INPUT.FORMAT = "RGB"
+    cfg.DATASETS.TRAIN = ("dg_cityscapes_train",)  # whose classes (19, ignore 255) check the labels
     return cfg
 
 

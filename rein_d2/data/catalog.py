@@ -1,14 +1,26 @@
-"""The table of DGSS datasets: one row per registered split, one loader serves all.
+"""The DGSS benchmark: its classes (DGSS_CLASSES) and its table of datasets, one row per split.
+
+Every DGSS dataset is converted to the 19 Cityscapes train ids, so one model head and one
+evaluator serve every domain; this module, the registration, the label maps, the synthetic
+generator and the prepare scripts are the only ones that know those classes (everything
+else reads a dataset's classes from its MetadataCatalog entry, see dataset_classes.py).
+One loader serves all rows.
 
 Paths are relative to $DETECTRON2_DATASETS and follow each dataset's official layout
 (as the official Rein / DDB instructions and the datasets' own releases arrange them).
 `test_scale` is the official test-time resize of the 512-crop configs as (long, short):
 the image is scaled, keeping its aspect ratio, to fit in that box (MMSeg
-`Resize(scale, keep_ratio=True)`); None keeps the image as it is.
+`Resize(scale, keep_ratio=True)`); None keeps the image as it is. (Datasets registered
+elsewhere have no `test_scale`; the test mapper resizes them by INPUT.MIN_SIZE_TEST.)
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from .classes import CITYSCAPES_CLASSES, CITYSCAPES_COLORS, IGNORE_LABEL
+from .dataset_classes import DatasetClasses
+
+DGSS_CLASSES = DatasetClasses(CITYSCAPES_CLASSES, IGNORE_LABEL, CITYSCAPES_COLORS)
 
 ACDC_CONDITIONS = ("night", "snow", "fog", "rain")
 

@@ -1,7 +1,8 @@
 """The 19 Cityscapes train classes that every DGSS benchmark is scored on.
 
-All datasets of rein-d2 are converted to these train ids, so one model head and one
-evaluator serve every domain.
+The DGSS benchmark's own modules use them (catalog.py, where they become DGSS_CLASSES,
+the label maps, the synthetic generator; the prepare scripts through DGSS_CLASSES).
+Everything else reads a dataset's classes from its MetadataCatalog entry (dataset_classes.py).
 """
 from __future__ import annotations
 

@@ -7,11 +7,10 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ReinD2Error
-from .classes import IGNORE_LABEL, NUM_CLASSES
 
 
 class LabelError(ReinD2Error, ValueError):
-    """A label file that is missing, unreadable or not a map of Cityscapes train ids."""
+    """A label file that is missing, unreadable or not a map of its dataset's train ids."""
 
 
 # EXIF orientations that swap width and height (transpose, rotate 90/270, transverse); the
@@ -56,19 +55,22 @@ def read_ids(path: str | Path) -> np.ndarray:
     return ids
 
 
-def check_train_ids(labels: np.ndarray, path: str | Path) -> np.ndarray:
-    """Raise unless every value is a train id (0..18) or the ignore label (255)."""
+def check_train_ids(labels: np.ndarray, path: str | Path, *, num_classes: int,
+                    ignore_label: int) -> np.ndarray:
+    """Raise unless every value is a train id (0..num_classes-1) or the ignore label."""
     values = np.unique(labels)
-    bad = values[(values >= NUM_CLASSES) & (values != IGNORE_LABEL)]
+    bad = values[(values >= num_classes) & (values != ignore_label)]
     if bad.size:
         shown = ", ".join(str(v) for v in bad[:10])
         raise LabelError(
-            f"label {path} contains value(s) {shown}, outside the train ids 0..{NUM_CLASSES - 1} "
-            f"and the ignore label {IGNORE_LABEL}. It is not a train-id label: run the "
-            "dataset's prepare script (see datasets/README.md) and point to its output.")
+            f"label {path} contains value(s) {shown}, outside the train ids 0..{num_classes - 1} of "
+            f"its dataset's {num_classes} classes and the ignore label {ignore_label}. It is not a "
+            "train-id label of this dataset: run the dataset's prepare script (see datasets/README.md) "
+            "and point to its output, or check the classes registered for it (its MetadataCatalog "
+            "stuff_classes).")
     return labels
 
 
-def read_train_ids(path: str | Path) -> np.ndarray:
+def read_train_ids(path: str | Path, *, num_classes: int, ignore_label: int) -> np.ndarray:
     """A validated train-id label map."""
-    return check_train_ids(read_ids(path), path)
+    return check_train_ids(read_ids(path), path, num_classes=num_classes, ignore_label=ignore_label)

@@ -45,11 +45,11 @@ MAPILLARY_V12_TO_TRAIN_ID: Mapping[int, int] = {
 }
 
 
-def make_lut(mapping: Mapping[int, int], dtype: type = np.uint8) -> np.ndarray:
-    """A table covering every value of `dtype`: mapping[id] where listed, else 255.
+def make_lut(mapping: Mapping[int, int], dtype: type = np.uint8, ignore_label: int = IGNORE_LABEL) -> np.ndarray:
+    """A table covering every value of `dtype`: mapping[id] where listed, else `ignore_label`.
 
     Index it with an id image of that dtype (`lut[ids]`): no id can fall outside.
     """
-    lut = np.full(np.iinfo(dtype).max + 1, IGNORE_LABEL, dtype=np.uint8)
+    lut = np.full(np.iinfo(dtype).max + 1, ignore_label, dtype=np.uint8)
     lut[list(mapping)] = list(mapping.values())
     return lut

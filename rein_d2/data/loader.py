@@ -34,7 +34,7 @@ def _layout_error(spec: DGDataset, root: Path, problem: str) -> DatasetLayoutErr
         f"  then run: {spec.prepare}   (see datasets/README.md)")
 
 
-def _walk(folder: Path, prefix: str, suffix: str):
+def walk_stems(folder: Path, prefix: str, suffix: str):
     """(sub folder, id) of every non-hidden file named <prefix><id><suffix>, sorted."""
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -67,7 +67,7 @@ def load_dg_dataset(spec: DGDataset, root: str | Path) -> list[dict]:
             raise _layout_error(spec, root, f"{what} folder not found: {folder.resolve()}")
 
     records, missing = [], []
-    for sub, stem in _walk(image_dir, spec.image_prefix, spec.image_suffix):
+    for sub, stem in walk_stems(image_dir, spec.image_prefix, spec.image_suffix):
         image = image_dir / sub / f"{spec.image_prefix}{stem}{spec.image_suffix}"
         record = {"file_name": str(image), "dataset_name": spec.name}
         if label_dir is not None:

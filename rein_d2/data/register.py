@@ -8,8 +8,7 @@ from pathlib import Path
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..errors import ConfigError
-from .catalog import DG_DATASETS, DGDataset
-from .classes import CITYSCAPES_CLASSES, CITYSCAPES_COLORS, IGNORE_LABEL
+from .catalog import DG_DATASETS, DGSS_CLASSES, DGDataset
 from .loader import datasets_root, load_dg_dataset
 from .subsets import SPLITS_DIR, SUBSETS, load_subset
 
@@ -18,13 +17,8 @@ _REGISTERED: set[str] = set()
 
 
 def class_metadata() -> dict:
-    """The 19 Cityscapes classes every split is scored on."""
-    return {
-        "stuff_classes": list(CITYSCAPES_CLASSES),
-        "stuff_colors": [list(c) for c in CITYSCAPES_COLORS],
-        "ignore_label": IGNORE_LABEL,
-        "evaluator_type": EVALUATOR_TYPE,
-    }
+    """The 19 Cityscapes classes every DGSS split is scored on, and its evaluator."""
+    return {**DGSS_CLASSES.metadata(), "evaluator_type": EVALUATOR_TYPE}
 
 
 def register_split(name: str, loader: Callable[[], list[dict]], metadata: dict) -> None:

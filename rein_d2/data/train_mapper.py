@@ -8,10 +8,14 @@ then padding at the bottom and right to INPUT.SIZE_DIVISIBILITY (the crop size):
 the ignore label, images with MODEL.PIXEL_MEAN, which the model's normalisation turns into
 exactly 0, as MMSeg's SegDataPreProcessor pads the normalised image with 0. Padding here
 rather than in the model keeps every batch at the crop size, whatever its crops.
+
+Each label is checked against the classes of its own dataset (its record's "dataset_name",
+see records.py), and that dataset's ignore label becomes the model's
+MODEL.SEM_SEG_HEAD.IGNORE_VALUE, so datasets with different ignore labels train together.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -21,8 +25,8 @@ from detectron2.data import transforms as T
 from detectron2.data.detection_utils import check_image_size
 
 from ..errors import ConfigError
-from .classes import IGNORE_LABEL
-from .label_io import LabelError, read_train_ids
+from .dataset_classes import DatasetClasses
+from .label_io import LabelError
 from .official_augmentations import RandomCropCatMaxRatio, RandomShortestEdge
 from .photometric import PhotometricDistortion
 from .test_mapper import read_image_checked
@@ -31,12 +35,14 @@ FLIPS = ("horizontal", "vertical", "none")  # Detectron2's INPUT.RANDOM_FLIP val
 
 
 def build_train_augmentations(cfg: CfgNode) -> list[T.Augmentation]:
-    """MMSeg's order: resize, crop, flip, photometric distortion."""
+    """MMSeg's order: resize, crop, flip, photometric distortion (on labels whose ignore label is
+    MODEL.SEM_SEG_HEAD.IGNORE_VALUE)."""
     augs: list[T.Augmentation] = [RandomShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN,
                                                      cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)]
     if cfg.INPUT.CROP.ENABLED:
         augs.append(RandomCropCatMaxRatio(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE,
-                                          cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA, IGNORE_LABEL))
+                                          cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA,
+                                          cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE))
     if cfg.INPUT.RANDOM_FLIP not in FLIPS:
         raise ConfigError(f"INPUT.RANDOM_FLIP={cfg.INPUT.RANDOM_FLIP!r}; choose one of {', '.join(FLIPS)}")
     if cfg.INPUT.RANDOM_FLIP != "none":
@@ -51,18 +57,46 @@ class SemanticTrainMapper:
     """Dataset record -> {"image": CHW float32, "sem_seg": HW long, ...} for MaskFormer training."""
 
     @configurable
-    def __init__(self, *, augmentations: list[T.Augmentation], pixel_mean: Sequence[float],
-                 image_format: str = "RGB", size_divisibility: int = -1) -> None:
-        """pixel_mean: the model's MODEL.PIXEL_MEAN, the value of padded pixels (0 once normalised)."""
+    def __init__(self, *, augmentations: list[T.Augmentation], datasets: Mapping[str, DatasetClasses],
+                 pixel_mean: Sequence[float], ignore_value: int = 255, image_format: str = "RGB",
+                 size_divisibility: int = -1) -> None:
+        """datasets: the classes of every dataset whose records this mapper takes, by name.
+        pixel_mean: the model's MODEL.PIXEL_MEAN, the value of padded pixels (0 once normalised).
+        ignore_value: the model's ignore label (MODEL.SEM_SEG_HEAD.IGNORE_VALUE) in the labels it returns."""
+        if not 0 <= ignore_value <= 255 or any(c.num_classes > 255 for c in datasets.values()):
+            raise ConfigError(f"the training mapper's labels are 8-bit: MODEL.SEM_SEG_HEAD.IGNORE_VALUE "
+                              f"({ignore_value}) must be in 0..255 and every dataset have at most 255 classes")
         self.augmentations = T.AugmentationList(augmentations)
+        self.datasets = dict(datasets)
         self.pad_value = torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1)
+        self.ignore_value = ignore_value
         self.image_format = image_format
         self.size_divisibility = size_divisibility
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict:
-        return dict(augmentations=build_train_augmentations(cfg), pixel_mean=cfg.MODEL.PIXEL_MEAN,
+        return dict(augmentations=build_train_augmentations(cfg),
+                    datasets={name: DatasetClasses.of(name) for name in cfg.DATASETS.TRAIN},
+                    pixel_mean=cfg.MODEL.PIXEL_MEAN, ignore_value=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
                     image_format=cfg.INPUT.FORMAT, size_divisibility=cfg.INPUT.SIZE_DIVISIBILITY)
+
+    def _classes(self, record: dict) -> DatasetClasses:
+        """The classes of the record's dataset (a record without a name belongs to the only one)."""
+        only = next(iter(self.datasets)) if len(self.datasets) == 1 else None
+        name = record.get("dataset_name", only)
+        if name not in self.datasets:
+            raise ConfigError(f"training record of {record.get('file_name')} comes from dataset {name!r}, not "
+                              f"one of the mapper's datasets {list(self.datasets)}: build its records with "
+                              "rein_d2.data.dataset_records(names), which names each record's dataset")
+        return self.datasets[name]
+
+    def _labels(self, record: dict) -> np.ndarray:
+        """The record's label map, checked against its dataset's classes, with the model's ignore value."""
+        classes = self._classes(record)
+        label = classes.read_labels(record["sem_seg_file_name"])
+        if classes.ignore_label != self.ignore_value:
+            label = np.where(label == classes.ignore_label, self.ignore_value, label)
+        return label.astype(np.uint8)
 
     def _pad(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.size_divisibility <= 0:
@@ -72,7 +106,7 @@ class SemanticTrainMapper:
         padded_h, padded_w = -(-h // d) * d, -(-w // d) * d
         padded = self.pad_value.expand(image.shape[0], padded_h, padded_w).clone()
         padded[:, :h, :w] = image
-        return padded, F.pad(label, (0, padded_w - w, 0, padded_h - h), value=IGNORE_LABEL)
+        return padded, F.pad(label, (0, padded_w - w, 0, padded_h - h), value=self.ignore_value)
 
     def __call__(self, record: dict) -> dict:
         if "sem_seg_file_name" not in record:
@@ -81,7 +115,7 @@ class SemanticTrainMapper:
         out = {k: v for k, v in record.items() if k not in ("image", "sem_seg")}
         image = read_image_checked(record["file_name"], self.image_format)
         check_image_size(out, image)  # sets height/width when the record has none
-        label = read_train_ids(record["sem_seg_file_name"]).astype(np.uint8)
+        label = self._labels(record)
         if label.shape != image.shape[:2]:
             raise LabelError(f"image {record['file_name']} is {image.shape[1]}x{image.shape[0]} but its label "
                              f"{record['sem_seg_file_name']} is {label.shape[1]}x{label.shape[0]}; "

@@ -1,7 +1,8 @@
 """The rein-d2 trainer: Detectron2's DefaultTrainer with the official Rein recipe.
 
-What differs from DefaultTrainer: the PEFT optimiser groups and warmup-then-poly
-schedule, the semantic training mapper, multi-domain evaluation of every test dataset,
+What differs from DefaultTrainer: a check that the model and its datasets agree on the
+classes, the PEFT optimiser groups and warmup-then-poly schedule, the semantic training
+mapper over the records of any registered dataset, multi-domain evaluation of every test dataset,
 compact atomic checkpoints, mixed precision on CUDA or CPU, DDP on GPU or CPU processes
 (unused-parameter search from config), and a non-finite loss that names the last good checkpoint.
 """
@@ -20,6 +21,8 @@ from detectron2.utils.logger import setup_logger
 from torch import nn
 
 from ..checkpoint.compact import CompactCheckpointer
+from ..data.class_check import check_run_classes
+from ..data.records import dataset_records
 from ..data.train_mapper import SemanticTrainMapper
 from ..errors import ReinD2Error
 from ..evaluation import build_dg_evaluator, build_dg_test_loader, evaluate_on_domains
@@ -56,6 +59,13 @@ class ReinTrainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())
 
     @classmethod
+    def build_model(cls, cfg: CfgNode) -> nn.Module:
+        """The model, once its class count and the datasets' class lists are known to agree
+        (training and --eval-only both build it here)."""
+        check_run_classes(cfg)
+        return super().build_model(cfg)
+
+    @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: nn.Module):
         return build_optimizer(cfg, model)
 
@@ -65,7 +75,8 @@ class ReinTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
-        return build_detection_train_loader(cfg, mapper=SemanticTrainMapper(cfg))
+        return build_detection_train_loader(cfg, mapper=SemanticTrainMapper(cfg),
+                                            dataset=dataset_records(cfg.DATASETS.TRAIN))
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):

@@ -10,7 +10,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
-from rein_d2.data.label_io import read_train_ids
+from rein_d2.data.dataset_classes import DatasetClasses
 
 from ..errors import ConfigError
 from .metrics import confusion_matrix
@@ -23,9 +23,10 @@ class MultiDomainSemSegEvaluator(DatasetEvaluator):
     """Scores semantic segmentation on several datasets in one pass.
 
     Each input is routed to its dataset's confusion matrix by its "dataset_name" (set by
-    the DGSS loader); `evaluate()` sums the matrices of all processes, then reports
+    rein_d2.data.dataset_records); `evaluate()` sums the matrices of all processes, then reports
     mIoU / mAcc / aAcc and per-class IoU per dataset plus the mean over `mean_over`
-    (default: all), as in the official DG evaluation.
+    (default: all), as in the official DG evaluation. The datasets must share one class list
+    (their MetadataCatalog stuff_classes); each label is read with its own dataset's ignore label.
     """
 
     def __init__(self, dataset_names: Sequence[str], *, mean_over: Sequence[str] | None = None,
@@ -37,15 +38,15 @@ class MultiDomainSemSegEvaluator(DatasetEvaluator):
         unknown = sorted(set(self._mean_over) - set(self._names))
         if unknown:
             raise ConfigError(f"mean_over names {unknown} are not evaluated datasets {self._names}")
-        metas = [MetadataCatalog.get(name) for name in self._names]
-        self._class_names = list(metas[0].stuff_classes)
-        self._ignore_label = metas[0].ignore_label
-        for name, meta in zip(self._names, metas):
-            if (list(meta.stuff_classes), meta.ignore_label) != (self._class_names,
-                                                                 self._ignore_label):
-                raise ConfigError(f"dataset '{name}' has other classes or ignore label than "
-                                 f"'{self._names[0]}': they cannot share one evaluator")
-        self._domains = [meta.get("domain", name) for name, meta in zip(self._names, metas)]
+        self._classes = [DatasetClasses.of(name) for name in self._names]
+        self._class_names = list(self._classes[0].names)
+        for name, classes in zip(self._names[1:], self._classes[1:]):
+            if list(classes.names) != self._class_names:
+                raise ConfigError(f"datasets '{self._names[0]}' ({len(self._class_names)} classes) and '{name}' "
+                                  f"({classes.num_classes} classes) have different class lists (MetadataCatalog "
+                                  "stuff_classes): one model's predictions cannot be scored on both; evaluate "
+                                  "datasets whose labels use the same classes in the same order")
+        self._domains = [MetadataCatalog.get(name).get("domain", name) for name in self._names]
         self._index = {name: i for i, name in enumerate(self._names)}
         self._output_dir = output_dir
         self._distributed = distributed
@@ -69,7 +70,7 @@ class MultiDomainSemSegEvaluator(DatasetEvaluator):
             if label_path is None:
                 raise ConfigError(f"{record.get('file_name')}: dataset '{self._names[index]}' has "
                                  "no labels (a test split): it can be predicted, not scored")
-            gt = read_train_ids(label_path)
+            gt = self._classes[index].read_labels(label_path)
             pred = output["sem_seg"].argmax(dim=0).cpu().numpy()
             if pred.shape != gt.shape:
                 raise ValueError(f"prediction for {record.get('file_name')} is {pred.shape[1]}x"
@@ -77,7 +78,7 @@ class MultiDomainSemSegEvaluator(DatasetEvaluator):
                                  f"{gt.shape[0]}: the model must resize its output to the "
                                  "input's height and width")
             self._confusions[index] += confusion_matrix(gt, pred, len(self._class_names),
-                                                        self._ignore_label)
+                                                        self._classes[index].ignore_label)
 
     def confusions(self) -> np.ndarray:
         """[datasets, C, C] summed over all processes (on the main process; None elsewhere)."""

@@ -17,8 +17,9 @@ from detectron2.evaluation import inference_on_dataset
 from torch import nn
 from torch.utils.data import DataLoader
 
-from rein_d2.data.test_mapper import DGTestDatasetMapper
+from rein_d2.data.records import dataset_records
 from rein_d2.modeling.meta_arch.tta import SemanticSegmentorWithTTA
+from rein_d2.data.test_mapper import DGTestDatasetMapper
 
 from .dg_evaluator import MultiDomainSemSegEvaluator
 
@@ -26,9 +27,9 @@ logger = logging.getLogger(__name__)
 
 
 def build_dg_test_loader(cfg, dataset_names: str | Sequence[str]) -> DataLoader:
-    """One loader over the datasets, each image resized by its own dataset's test rule."""
-    names = [dataset_names] if isinstance(dataset_names, str) else list(dataset_names)
-    return build_detection_test_loader(cfg, names, mapper=DGTestDatasetMapper(cfg))
+    """One loader over the datasets (any registered ones), each image resized by its own dataset's test rule."""
+    return build_detection_test_loader(dataset_records(dataset_names), mapper=DGTestDatasetMapper(cfg),
+                                       num_workers=cfg.DATALOADER.NUM_WORKERS)
 
 
 def build_dg_evaluator(cfg, dataset_names: str | Sequence[str], output_dir: str | None = None,
