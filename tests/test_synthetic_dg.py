@@ -9,9 +9,13 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from rein_d2.data.register import EVALUATOR_TYPE
 from rein_d2.data import register as dg_register
-from rein_d2.data.classes import CITYSCAPES_CLASSES, IGNORE_LABEL, NUM_CLASSES
-from rein_d2.data.synthetic import (SOURCE_DOMAIN, TARGET_DOMAINS, SplitSpec, ensure_split,
-                                    make_synthetic_video, register_synthetic_dg, render_sample)
+from rein_d2.data.classes import CITYSCAPES_CLASSES, CITYSCAPES_COLORS
+from rein_d2.data.synthetic import (SOURCE_DOMAIN, SYNTHETIC_CLASSES, SYNTHETIC_IGNORE_LABEL, TARGET_DOMAINS,
+                                    SplitSpec, ensure_split, ensure_splits, make_synthetic_video,
+                                    register_synthetic_dg, render_sample)
+from rein_d2.data.synthetic.classes import benchmark_labels
+from rein_d2.data.synthetic.generate import render_street, scene_rng
+from rein_d2.data.synthetic.scenes import render_scene
 
 SIZE = dict(height=64, width=128)
 
@@ -46,15 +50,50 @@ def test_labels_are_identical_across_domains_and_images_differ():
     assert (train_labels != render_sample(spec(SOURCE_DOMAIN, "val"), 0)[1]).any()
 
 
-def test_only_train_ids_and_many_classes_per_image():
+# The Cityscapes categories (cityscapesscripts' labels.py), flat split into road and sidewalk; the
+# object and human categories are drawn but not scored (ignore label).
+CATEGORY_OF = {"road": "road", "sidewalk": "sidewalk", "building": "construction", "wall": "construction",
+               "fence": "construction", "pole": None, "traffic light": None, "traffic sign": None,
+               "vegetation": "nature", "terrain": "nature", "sky": "sky", "person": None, "rider": None,
+               "car": "vehicle", "truck": "vehicle", "bus": "vehicle", "train": "vehicle",
+               "motorcycle": "vehicle", "bicycle": "vehicle"}
+
+
+def test_labels_are_the_cityscapes_categories_of_what_is_drawn():
+    rendered = render_scene(scene_rng(0, "train", 3), 64, 128)
+    labels = benchmark_labels(rendered.labels)
+    for train_id, name in enumerate(CITYSCAPES_CLASSES):
+        drawn = rendered.labels == train_id
+        category = CATEGORY_OF[name]
+        expected = 255 if category is None else SYNTHETIC_CLASSES.index(category)
+        assert (labels[drawn] == expected).all(), name
+    assert (labels == 255).any() and len(SYNTHETIC_CLASSES) == 6
+
+
+def test_only_benchmark_ids_and_most_classes_per_image():
     seen = set()
     for index in range(20):
         _, labels = render_sample(spec(scenes="train"), index)
         values = set(np.unique(labels).tolist())
-        assert values <= set(range(NUM_CLASSES)) | {IGNORE_LABEL}
-        assert len(values - {IGNORE_LABEL}) >= 10, (index, sorted(values))
+        assert values <= set(range(len(SYNTHETIC_CLASSES))) | {SYNTHETIC_IGNORE_LABEL}, sorted(values)
+        assert len(values - {SYNTHETIC_IGNORE_LABEL}) >= 5, (index, sorted(values))
         seen |= values
-    assert seen >= set(range(NUM_CLASSES)) - {16}, sorted(seen)  # trains (trams) are rare
+    assert seen == set(range(len(SYNTHETIC_CLASSES))) | {SYNTHETIC_IGNORE_LABEL}
+
+
+def test_splits_of_one_street_set_render_each_street_once_with_the_same_bytes(tmp_path, monkeypatch):
+    specs = [spec(domain, count=2) for domain in ("source", "fog", "jpeg")]
+    alone = [ensure_split(s, tmp_path / "alone") for s in specs]
+    calls = []
+    monkeypatch.setattr("rein_d2.data.synthetic.generate.render_street",
+                        lambda s, i: calls.append(i) or render_street(s, i))
+    together = ensure_splits(specs, tmp_path / "together")
+    assert sorted(calls) == [0, 1]
+    in_parallel = ensure_splits(specs, tmp_path / "parallel", workers=2)
+    for one, two, three in zip(alone, together, in_parallel):
+        for a, b, c in zip(one, two, three):
+            for key in ("file_name", "sem_seg_file_name"):
+                assert open(a[key], "rb").read() == open(b[key], "rb").read() == open(c[key], "rb").read()
 
 
 def _statistics(domain, count=4):
@@ -118,9 +157,12 @@ def test_registration_round_trip(tmp_path):
             assert read(record["file_name"]).shape == (64, 128, 3)
             assert record["dataset_name"] == name
         metadata = MetadataCatalog.get(name)
-        assert metadata.stuff_classes == list(CITYSCAPES_CLASSES)
-        assert len(metadata.stuff_colors) == 19
-        assert metadata.ignore_label == IGNORE_LABEL and metadata.evaluator_type == EVALUATOR_TYPE
+        assert metadata.stuff_classes == ["road", "sidewalk", "construction", "nature", "sky", "vehicle"]
+        # each class in the official Cityscapes colour of one of its members
+        assert metadata.stuff_colors == [list(CITYSCAPES_COLORS[CITYSCAPES_CLASSES.index(n)]) for n in (
+            "road", "sidewalk", "building", "vegetation", "sky", "car")]
+        assert metadata.ignore_label == SYNTHETIC_IGNORE_LABEL == 255
+        assert metadata.evaluator_type == EVALUATOR_TYPE
         if name.endswith("_val"):
             labels = read(records[1]["sem_seg_file_name"])
             source_labels = labels if source_labels is None else source_labels

@@ -11,6 +11,7 @@ from detectron2.engine import HookBase
 from safetensors.torch import save_file
 
 from rein_d2.data import register_synthetic_dg
+from rein_d2.data.synthetic import SYNTHETIC_CLASSES
 from rein_d2.modeling.backbone import create_timm_vfm
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,7 +27,7 @@ TINY = [
     "MODEL.MASK_FORMER.DEC_LAYERS", "3", "MODEL.MASK_FORMER.NHEADS", "2",
     "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "256",
     "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32", "MODEL.SEM_SEG_HEAD.MASK_DIM", "32",
-    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1",
+    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", str(len(SYNTHETIC_CLASSES)),
     "DATASETS.TRAIN", "('synthetic_dg_source_train',)",
     "DATASETS.TEST", "('synthetic_dg_night_val', 'synthetic_dg_fog_val')",
     "INPUT.MIN_SIZE_TRAIN", "(64, 96)", "INPUT.MAX_SIZE_TRAIN", "256", "INPUT.CROP.SIZE", "(64, 64)",
@@ -137,7 +138,8 @@ def test_eval_only_over_real_dataset_layouts_reports_each_domain_and_the_mean(dg
 
     make_prepared_tree(dg_root)
     targets = ("dg_cityscapes_val", "dg_bdd_val", "dg_mapillary_val")
-    args = args_for(tmp_path / "eval", "DATASETS.TEST", str(targets), eval_only=True)
+    args = args_for(tmp_path / "eval", "DATASETS.TRAIN", "('dg_gtav_train',)", "DATASETS.TEST", str(targets),
+                    "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "19", eval_only=True)
     results = train_net.main(args)
     assert set(results) == {*targets, "mean"}
     mean = sum(results[t]["sem_seg"]["mIoU"] for t in targets) / 3

@@ -115,25 +115,23 @@ def color(rendered: Rendered, rng: np.random.Generator) -> np.ndarray:
 
 
 def _class_textures(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
-    """(256, H, W) stripe and checker patterns in [0, 1], one per class.
+    """(classes, H, W) stripe and checker patterns in [0, 1], one per rendered class.
 
     Frequencies and orientations are fixed for the domain (same generator seed every
     image), so the texture of a class is a property of the domain; only phases vary.
     """
     style = np.random.default_rng(zlib.crc32(b"texture"))
     count = len(ID)
-    freq = style.uniform(0.05, 0.35, (count, 2)) * np.where(style.random((count, 2)) < 0.5, -1, 1)
+    freq = (style.uniform(0.05, 0.35, (count, 2)) * np.where(style.random((count, 2)) < 0.5, -1, 1)).astype(np.float32)
     checker = style.random(count) < 0.4
     grid = np.mgrid[0:height, 0:width].astype(np.float32)
     rows, cols = grid * np.float32(REFERENCE_WIDTH / width)
-    phase = rng.uniform(0, 2 * np.pi, (count, 2))
+    phase = rng.uniform(0, 2 * np.pi, (count, 2)).astype(np.float32)
     a = np.sin(freq[:, 0, None, None] * cols + phase[:, 0, None, None])
     b = np.sin(freq[:, 1, None, None] * rows + phase[:, 1, None, None])
     waves = np.where(checker[:, None, None], np.sign(a * b), np.sin(
         freq[:, 0, None, None] * cols + freq[:, 1, None, None] * rows + phase[:, 0, None, None]))
-    textures = np.full((256, height, width), 0.5, np.float32)
-    textures[:count] = 0.5 + 0.5 * waves
-    return textures
+    return 0.5 + 0.5 * waves
 
 
 def texture(rendered: Rendered, rng: np.random.Generator) -> np.ndarray:

@@ -6,9 +6,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..loader import datasets_root
-from ..register import class_metadata, register_split
+from ..register import EVALUATOR_TYPE, register_split
+from .classes import SYNTHETIC_CLASSES, SYNTHETIC_COLORS, SYNTHETIC_IGNORE_LABEL
 from .domains import SOURCE_DOMAIN, TARGET_DOMAINS
-from .generate import PREFIX, SplitSpec, ensure_split
+from .generate import HEIGHT, PREFIX, WIDTH, SplitSpec, ensure_split
 
 
 def synthetic_root(root: str | Path | None = None) -> Path:
@@ -16,7 +17,13 @@ def synthetic_root(root: str | Path | None = None) -> Path:
     return datasets_root() / PREFIX if root is None else Path(root)
 
 
-def synthetic_splits(*, height: int = 128, width: int = 256, train_count: int = 200,
+def synthetic_class_metadata() -> dict:
+    """The benchmark's own classes (see classes.py), as every split's MetadataCatalog entry carries them."""
+    return {"stuff_classes": list(SYNTHETIC_CLASSES), "stuff_colors": [list(c) for c in SYNTHETIC_COLORS],
+            "ignore_label": SYNTHETIC_IGNORE_LABEL, "evaluator_type": EVALUATOR_TYPE}
+
+
+def synthetic_splits(*, height: int = HEIGHT, width: int = WIDTH, train_count: int = 200,
                      val_count: int = 50, seed: int = 0,
                      domains: Iterable[str] = TARGET_DOMAINS) -> list[SplitSpec]:
     """Source train and val, then one val split per target domain (same scenes as source val)."""
@@ -26,7 +33,7 @@ def synthetic_splits(*, height: int = 128, width: int = 256, train_count: int = 
             + [SplitSpec(domain, "val", val_count, **size) for domain in domains])
 
 
-def register_synthetic_dg(root: str | Path | None = None, *, height: int = 128, width: int = 256,
+def register_synthetic_dg(root: str | Path | None = None, *, height: int = HEIGHT, width: int = WIDTH,
                           train_count: int = 200, val_count: int = 50, seed: int = 0,
                           domains: Iterable[str] = TARGET_DOMAINS) -> list[str]:
     """Register `synthetic_dg_source_{train,val}` and `synthetic_dg_<domain>_val`; return the names.
@@ -39,7 +46,7 @@ def register_synthetic_dg(root: str | Path | None = None, *, height: int = 128, 
     names = []
     for spec in synthetic_splits(height=height, width=width, train_count=train_count,
                                  val_count=val_count, seed=seed, domains=domains):
-        metadata = dict(class_metadata(), domain=spec.domain, image_root=str(root / spec.folder / "images"),
+        metadata = dict(synthetic_class_metadata(), domain=spec.domain, image_root=str(root / spec.folder / "images"),
                         sem_seg_root=str(root / spec.folder / "labels"), test_scale=None)
         register_split(spec.name, functools.partial(ensure_split, spec, root), metadata)
         names.append(spec.name)

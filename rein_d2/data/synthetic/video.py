@@ -8,12 +8,12 @@ from tqdm import tqdm
 
 from ...utils.video import VideoSink
 from .domains import domain_code, stylise
-from .generate import SCENE_SETS
+from .generate import HEIGHT, SCENE_SETS, WIDTH
 from .scenes import VISIBLE_DEPTH, build_world, render_world
 
 
 def make_synthetic_video(path: str | Path, domain: str = "source", frames: int = 48,
-                         fps: float = 12.0, height: int = 128, width: int = 256, seed: int = 0,
+                         fps: float = 12.0, height: int = HEIGHT, width: int = WIDTH, seed: int = 0,
                          speed: float = 8.0) -> Path:
     """Write a video of a camera driving `speed` m/s along one street, in `domain`'s style.
 
