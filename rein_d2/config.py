@@ -133,11 +133,61 @@ def add_cnn_config(cfg: CN) -> None:
     cnn.DROP_PATH_RATE = 0.0
 
 
+def add_dgss_augmentation_config(cfg: CN) -> None:
+    """INPUT.PASTA, INPUT.GTR_LTR, MODEL.ADVSTYLE: the DGSS augmentation baselines of the paper's Table 4."""
+    # PASTA (Chattopadhyay et al., ICCV 2023, rein_d2/data/pasta.py), with the paper's parameters:
+    # amplitude noise std (2 ALPHA r / sqrt(H^2 + W^2))^K + BETA at frequency radius r.
+    pasta = cfg.INPUT.PASTA = CN()
+    pasta.ENABLED = False
+    pasta.ALPHA = 3.0
+    pasta.BETA = 0.25
+    pasta.K = 2.0
+    pasta.PROB = 1.0  # the official code applies it to every sample
+    # GTR-LTR (Peng et al., TIP 2021) without a style network (rein_d2/data/texture_randomization.py):
+    # blends with random textures of TEXTURE_DIR (the paper uses Painter by Numbers), the whole image
+    # (GLOBAL_PROB) or random regions covering a fraction in LOCAL_AREA (LOCAL_PROB), weight in BLEND.
+    gtr = cfg.INPUT.GTR_LTR = CN()
+    gtr.ENABLED = False
+    gtr.TEXTURE_DIR = ""
+    gtr.GLOBAL_PROB = 1 / 3
+    gtr.LOCAL_PROB = 1 / 3
+    gtr.BLEND = [0.3, 0.7]
+    gtr.LOCAL_AREA = [0.2, 0.5]
+    # AdvStyle (Zhong et al., NeurIPS 2022, rein_d2/engine/advstyle.py): per-image channel mean / std of
+    # the normalised image, moved by STEPS gradient-ascent steps of size LR on the training loss; the
+    # model trains on the clean and the restyled copy of every image.
+    adv = cfg.MODEL.ADVSTYLE = CN()
+    adv.ENABLED = False
+    adv.LR = 1.0
+    adv.STEPS = 1
+
+
+def add_peft_config(cfg: CN) -> None:
+    """MODEL.PEFT: the PEFT baselines of the paper's Table 4 that MODEL.REIN.NAME selects instead of Rein,
+    with their papers' settings (rein_d2/modeling/peft_methods/)."""
+    peft = cfg.MODEL.PEFT = CN()
+    # "LoRA": low-rank updates of every block's query and value projections, alpha / rank their scale
+    # (alpha: the `peft` library's default lora_alpha).
+    peft.LORA_RANK = 8
+    peft.LORA_ALPHA = 8.0
+    peft.LORA_DROPOUT = 0.1
+    # "AdaptFormer": a bottleneck adapter parallel to every block's MLP, fixed output scale, dropout
+    # after its ReLU, no LayerNorm (the official image settings).
+    peft.ADAPTFORMER_BOTTLENECK = 64
+    peft.ADAPTFORMER_SCALE = 0.1
+    peft.ADAPTFORMER_DROPOUT = 0.1
+    # "VPT": VPT-deep, this many prompt tokens in every block's input; dropout on them (official 0.0).
+    peft.VPT_TOKENS = 150
+    peft.VPT_DROPOUT = 0.0
+
+
 def add_rein_config(cfg: CN) -> None:
     """All keys rein-d2 adds to Detectron2's defaults."""
     add_maskformer2_config(cfg)
     add_vit_config(cfg)
     add_cnn_config(cfg)
+    add_peft_config(cfg)
+    add_dgss_augmentation_config(cfg)
     rein = cfg.MODEL.REIN = CN()
     rein.NAME = "LoRAReins"  # a class registered in PEFT_REGISTRY
     rein.TOKEN_LENGTH = 100

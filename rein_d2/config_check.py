@@ -17,12 +17,19 @@ from .errors import ConfigError
 from .solver import REIN_SCHEDULER
 
 RESNET_BACKBONES = ("build_resnet_backbone", "build_resnet_deeplab_backbone")
+FPN_BACKBONES = ("build_rein_vit_fpn_backbone", "build_resnet_fpn_backbone", "build_retinanet_resnet_fpn_backbone")
 DEEPLAB_HEADS = ("DeepLabV3PlusHead", "DeepLabV3Head")
 SEMANTIC_MAPPER = "mask_former_semantic"
+# The meta-architectures rein-d2 trains with its semantic mapper and evaluates on its domains.
+SEMANTIC_META_ARCHITECTURES = ("MaskFormer", "SlidingSemanticSegmentor")
 
 
 def _mask_former(cfg: CfgNode) -> bool:
     return cfg.MODEL.META_ARCHITECTURE == "MaskFormer"
+
+
+def _semantic(cfg: CfgNode) -> bool:
+    return cfg.MODEL.META_ARCHITECTURE in SEMANTIC_META_ARCHITECTURES
 
 
 @dataclass(frozen=True)
@@ -31,7 +38,7 @@ class InertKeys:
 
     keys: tuple[str, ...]
     reason: str
-    applies: Callable[[CfgNode], bool] = _mask_former
+    applies: Callable[[CfgNode], bool] = _semantic
 
 
 RULES: tuple[InertKeys, ...] = (
@@ -46,11 +53,13 @@ RULES: tuple[InertKeys, ...] = (
                "TEST.DETECTIONS_PER_IMAGE", "TEST.KEYPOINT_OKS_SIGMAS", "DATASETS.PROPOSAL_FILES_TRAIN",
                "DATASETS.PROPOSAL_FILES_TEST", "DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TRAIN",
                "DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TEST"),
-              "R-CNN detection options; MaskFormer does not read them"),
+              "R-CNN detection options; rein-d2's semantic segmentors do not read them"),
     InertKeys(("MODEL.SWIN.",), "rein-d2 has no Swin backbone (MODEL.BACKBONE.NAME 'D2SwinTransformer')",
               lambda cfg: cfg.MODEL.BACKBONE.NAME != "D2SwinTransformer"),
     InertKeys(("MODEL.CNN.",), "read only by the ReinCNN backbone (MODEL.BACKBONE.NAME 'ReinCNN')",
               lambda cfg: cfg.MODEL.BACKBONE.NAME != "ReinCNN"),
+    InertKeys(("MODEL.FPN.",), f"read only by the FPN backbones ({', '.join(FPN_BACKBONES)})",
+              lambda cfg: cfg.MODEL.BACKBONE.NAME not in FPN_BACKBONES),
     InertKeys(("MODEL.RESNETS.", "MODEL.BACKBONE.FREEZE_AT"),
               f"read only by Detectron2's ResNet backbones ({', '.join(RESNET_BACKBONES)})",
               lambda cfg: cfg.MODEL.BACKBONE.NAME not in RESNET_BACKBONES),
@@ -62,11 +71,12 @@ RULES: tuple[InertKeys, ...] = (
               lambda cfg: cfg.MODEL.SEM_SEG_HEAD.NAME not in DEEPLAB_HEADS),
     InertKeys(("MODEL.SEM_SEG_HEAD.LOSS_WEIGHT",),
               "the Mask2Former losses are weighted by MODEL.MASK_FORMER.CLASS_WEIGHT / MASK_WEIGHT / "
-              "DICE_WEIGHT (the official Mask2Former stores this key and never uses it either)"),
+              "DICE_WEIGHT (the official Mask2Former stores this key and never uses it either)", _mask_former),
     InertKeys(("MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS",),
-              "the deformable encoder has MODEL.MASK_FORMER.NHEADS heads, as in the official Mask2Former"),
+              "the deformable encoder has MODEL.MASK_FORMER.NHEADS heads, as in the official Mask2Former",
+              _mask_former),
     InertKeys(("MODEL.MASK_FORMER.ENC_LAYERS",),
-              "the pixel decoder's encoder depth is MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS"),
+              "the pixel decoder's encoder depth is MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", _mask_former),
     InertKeys(("SOLVER.WEIGHT_DECAY_EMBED",),
               "as in the official Rein, parameters named in SOLVER.NO_DECAY_KEYS (query and level "
               "embeddings, Rein tokens and scale) have no weight decay: edit that list instead"),
@@ -80,7 +90,15 @@ RULES: tuple[InertKeys, ...] = (
               "options of RepeatFactorTrainingSampler, which needs instance annotations",
               lambda cfg: cfg.DATALOADER.SAMPLER_TRAIN != "RepeatFactorTrainingSampler"),
     InertKeys(("TEST.PRECISE_BN.ENABLED", "TEST.PRECISE_BN.NUM_ITER"),
-              "precise BN recomputes BatchNorm statistics, which rein-d2 keeps frozen (ReinCNN) or has none of"),
+              "precise BN recomputes BatchNorm statistics, which rein-d2's MaskFormer keeps frozen (ReinCNN) or "
+              "has none of", _mask_former),
+    InertKeys(("INPUT.PASTA.ALPHA", "INPUT.PASTA.BETA", "INPUT.PASTA.K", "INPUT.PASTA.PROB"),
+              "PASTA is off (INPUT.PASTA.ENABLED False)", lambda cfg: not cfg.INPUT.PASTA.ENABLED),
+    InertKeys(("INPUT.GTR_LTR.TEXTURE_DIR", "INPUT.GTR_LTR.GLOBAL_PROB", "INPUT.GTR_LTR.LOCAL_PROB",
+               "INPUT.GTR_LTR.BLEND", "INPUT.GTR_LTR.LOCAL_AREA"),
+              "texture randomisation is off (INPUT.GTR_LTR.ENABLED False)", lambda cfg: not cfg.INPUT.GTR_LTR.ENABLED),
+    InertKeys(("MODEL.ADVSTYLE.LR", "MODEL.ADVSTYLE.STEPS"),
+              "AdvStyle is off (MODEL.ADVSTYLE.ENABLED False)", lambda cfg: not cfg.MODEL.ADVSTYLE.ENABLED),
     InertKeys(("TEST.AUG.MIN_SIZES", "TEST.AUG.MAX_SIZE", "TEST.AUG.FLIP"),
               "test-time augmentation is off (TEST.AUG.ENABLED False)", lambda cfg: not cfg.TEST.AUG.ENABLED),
     InertKeys(("TEST.EXPECTED_RESULTS",),

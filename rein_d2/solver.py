@@ -34,7 +34,10 @@ from .errors import ConfigError
 logger = logging.getLogger(__name__)
 
 NORM_TYPES = (nn.GroupNorm, nn.LayerNorm, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
-VFM_PREFIX = "backbone.vit."
+# The foundation model's own parameters, which SOLVER.BACKBONE_MULTIPLIER scales: ReinViT's ViT,
+# the same under an FPN, and ReinCNN's stems, blocks and stage norms (not Rein's, not the FPN's).
+VFM_PREFIXES = ("backbone.vit.", "backbone.bottom_up.vit.", "backbone.entries.", "backbone.blocks.",
+                "backbone.out_norms.")
 REIN_SCHEDULER = "WarmupThenPolyLR"
 NAMES_SHOWN = 3  # tensor names the parameter-group report shows per group
 
@@ -60,7 +63,7 @@ class DecayRules:
             decay = self.weight_decay_bias
         else:
             decay = self.weight_decay
-        lr = base_lr * (self.backbone_multiplier if full_name.startswith(VFM_PREFIX) else 1.0)
+        lr = base_lr * (self.backbone_multiplier if full_name.startswith(VFM_PREFIXES) else 1.0)
         return {"lr": lr * (self.bias_lr_factor if is_bias else 1.0), "weight_decay": decay}
 
 

@@ -63,6 +63,10 @@ def test_quickstart_runs_every_step_from_the_shipped_model(tmp_path):
     assert "mean (targets)" in printed and "trainable parameters" in printed and str(out) in printed
     assert "pretrained without labels by `python tools/pretrain_foundation.py" in printed
 
+    again = tmp_path / "again"  # seeded as train_net.py: the same command gives the same table
+    quickstart(again)
+    assert json.loads((again / "results.json").read_text())["rows"] == table["rows"]
+
 
 def test_quickstart_pretrains_a_new_foundation_model_on_request(tmp_path):
     out = tmp_path / "quickstart"

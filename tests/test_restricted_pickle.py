@@ -195,10 +195,12 @@ def test_getattr_on_a_real_object_is_refused(tmp_path):
         read_checkpoint(path)
 
 
-def test_torchscript_archives_and_other_files_are_refused_with_the_fix(tmp_path):
-    torch.jit.save(torch.jit.trace(nn.Linear(2, 2), torch.ones(1, 2)), tmp_path / "clip.pt")
-    with pytest.raises(UnsafePickleError, match=r"clip\.pt is a TorchScript archive.*state_dict"):
-        read_checkpoint(tmp_path / "clip.pt")
+def test_torchscript_archives_give_their_tensors_and_other_files_are_refused(tmp_path):
+    linear = nn.Linear(2, 2)
+    torch.jit.save(torch.jit.trace(linear, torch.ones(1, 2)), tmp_path / "clip.pt")
+    tensors = read_checkpoint(tmp_path / "clip.pt")  # tests/test_official_vfm_files.py: OpenAI's CLIP layout
+    assert set(tensors) == {"weight", "bias"}
+    assert all(torch.equal(tensors[k], v) for k, v in linear.state_dict().items())
     (tmp_path / "notes.pth").write_text("not weights")
     with pytest.raises(UnreadableCheckpointError, match=r"notes\.pth is neither a torch checkpoint nor a pickle"):
         read_checkpoint(tmp_path / "notes.pth")

@@ -101,6 +101,23 @@ def test_full_finetuning_scales_the_vfm_learning_rate_only():
     assert got["backbone.reins.mlp_delta_f.weight"][0] == pytest.approx(1e-4)
 
 
+def test_full_finetuning_scales_a_cnn_backbone_too():
+    """ReinCNN's own parameters (stems, blocks, stage norms) take the multiplier; the head does not."""
+    import timm
+
+    from rein_d2.modeling.backbone.cnn import ReinCNN, split_stages
+
+    model = nn.Module()
+    cnn = timm.create_model("convnext_large", pretrained=False, num_classes=0, depths=(1, 1, 1, 1), dims=(8, 8, 8, 8))
+    model.backbone = ReinCNN(stages=split_stages(cnn), finetune="full", reins=None)
+    model.sem_seg_head = nn.Linear(8, 2)
+    got = settings_by_name(model, build_optimizer(cfg_for(BACKBONE_MULTIPLIER=0.1), model))
+    backbone = [name for name in got if name.startswith("backbone.")]
+    assert {name.split(".")[1] for name in backbone} == {"entries", "blocks", "out_norms"}
+    assert all(got[name][0] == pytest.approx(1e-5) for name in backbone)
+    assert got["sem_seg_head.weight"][0] == pytest.approx(1e-4)
+
+
 def test_detectron2_decay_keys_are_honoured():
     model = Named()
     model.backbone.vit.requires_grad_(False)

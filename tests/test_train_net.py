@@ -43,6 +43,7 @@ def synthetic(tmp_path, monkeypatch):
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "data"))
     register_synthetic_dg(tmp_path / "data" / "synthetic_dg", height=64, width=128, train_count=4, val_count=2)
     yield tmp_path
+    monkeypatch.undo()  # the default registration reads DETECTRON2_DATASETS: restore it first
     register_synthetic_dg()
 
 

@@ -29,10 +29,11 @@ D2_SHA256 = "491af0c7f79bdb2d178e46f6cb16a97c4ac968d45c41ea3f6b6435d59bbee561"
 # build of OpenCV beside the headless one (both own `cv2`); what it imports is in setup.py.
 NO_DEPS = ["imagecorruptions-imaug==1.1.5"]
 # References in the tests, installed without their declared requirements: the official DINOv2
-# model code (its pins, torch 2.0 and xformers, are not needed) and MMEngine, which writes
+# model code (its pins, torch 2.0 and xformers, are not needed), MMEngine, which writes
 # checkpoints as the official Rein releases were written (it requires the GUI OpenCV, which
-# fights the headless build over `cv2`; its light requirements are setup.py's "test" extra).
-TEST_ONLY_NO_DEPS = ["dinov2==0.0.1.dev2", "mmengine==0.10.7"]
+# fights the headless build over `cv2`; its light requirements are setup.py's "test" extra), and
+# Meta's segment-anything, whose model writes SAM's release layout (it needs only torch).
+TEST_ONLY_NO_DEPS = ["dinov2==0.0.1.dev2", "mmengine==0.10.7", "segment-anything==1.0"]
 
 
 # setup.py's floors (tests/test_bootstrap.py keeps the two equal): what the code calls first

@@ -1,11 +1,18 @@
-"""Convert a VFM checkpoint (official DINOv2 .pth or timm) into the timm model rein-d2 builds.
+"""Convert a VFM's weights file (any family's official release, or timm's) into the timm model
+rein-d2 builds.
 
-The patch kernel and position grid are resized like the official Rein converter
-(e.g. DINOv2-L/14 at 518 px -> patch 16 at 512 px), key names become timm's, and the
-result is written as .safetensors (atomically), ready for MODEL.VIT.WEIGHTS.
+Takes what each family's official config uses: DINOv2 / DINOv3 `.pth`, EVA02's checkpoint,
+OpenAI's CLIP `ViT-L-14.pt` (a TorchScript archive, of which only the tensors are read), SAM's
+`sam_vit_h_4b8939.pth`, MAE's `mae_pretrain_vit_large.pth`, or a timm file. Key names become
+timm's, the patch kernel and position grid are resized as the family's official code does
+(e.g. DINOv2-L/14 at 518 px -> patch 16 at 512 px), a file of another family is refused with
+the tensors that differ, and the result is written as .safetensors (atomically), ready for
+MODEL.VIT.WEIGHTS.
 
   python tools/convert_vfm_weights.py dinov2_vitl14_pretrain.pth dinov2_vitl16_512.safetensors \
       --timm-name vit_large_patch14_dinov2 --patch-size 16 --img-size 512
+  python tools/convert_vfm_weights.py ViT-L-14.pt clip_vitl16_512.safetensors \
+      --timm-name vit_large_patch14_clip_quickgelu_224 --patch-size 16 --img-size 512
 """
 from __future__ import annotations
 
@@ -16,7 +23,7 @@ from detectron2.utils.logger import setup_logger
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from rein_d2.checkpoint.vfm_weights import IncompatibleWeightsError, fit_to_model, read_state_dict
+from rein_d2.checkpoint.vfm_weights import fit_to_model, load_tensors, read_state_dict
 from rein_d2.modeling.backbone import create_timm_vfm
 from rein_d2.utils.atomic import atomic_output
 from rein_d2.utils.cli import user_errors
@@ -24,7 +31,8 @@ from rein_d2.utils.cli import user_errors
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("input", help="official DINOv2 .pth, or a timm .pth/.safetensors: a path or an https:// URL "
+    parser.add_argument("input", help="an official release (DINOv2, DINOv3, EVA02, OpenAI CLIP, SAM, MAE) or a timm "
+                        ".pth/.safetensors: a path or an https:// URL "
                         "(optionally ending in #sha256=<digest>); pickled files are read by the restricted "
                         "reader, which refuses any that would run code")
     parser.add_argument("output", type=Path, help="where to write the converted .safetensors")
@@ -45,18 +53,11 @@ def main() -> None:
                                    ("num_heads", args.num_heads)) if v}
     model = create_timm_vfm(args.timm_name, args.patch_size, args.img_size,
                             dynamic_img_size=not args.no_dynamic_img_size, **overrides)
+    state = fit_to_model(read_state_dict(args.input, "input"), model, args.input, "input")
+    missing, unused = load_tensors(model, state, args.input, "input")  # refuses tensors of other shapes
     target = model.state_dict()
-    state = fit_to_model(read_state_dict(args.input, "input"), model)
-    converted, unused = {}, []
-    for key, tensor in tqdm(state.items(), desc="converting", unit="tensor"):
-        if key not in target:
-            unused.append(key)
-        elif tensor.shape != target[key].shape:
-            raise IncompatibleWeightsError(f"{key}: {tuple(tensor.shape)} in {args.input} vs "
-                                           f"{tuple(target[key].shape)} in {args.timm_name}")
-        else:
-            converted[key] = tensor.contiguous()
-    missing = sorted(set(target) - set(converted))
+    converted = {key: tensor.contiguous() for key, tensor in tqdm(state.items(), desc="converting", unit="tensor")
+                 if key in target}
     with atomic_output(args.output) as tmp:
         save_file(converted, str(tmp))
     print(f"wrote {len(converted)} tensors to {args.output}")

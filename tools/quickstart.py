@@ -37,6 +37,7 @@ from pathlib import Path
 
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
+from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -83,6 +84,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train-images", type=int, default=200)
     parser.add_argument("--val-images", type=int, default=30, help="per domain")
     parser.add_argument("--video-frames", type=int, default=36)
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of every mode's initialisation and data order (default: the configs' SEED)")
     parser.add_argument("--foundation", type=Path, default=SHIPPED_FOUNDATION,
                         help="the pretrained ViT to fine-tune (default: the shipped one)")
     parser.add_argument("--pretrain", action="store_true",
@@ -133,10 +136,12 @@ def pretrain(out: Path, args: argparse.Namespace) -> Path:
     return path
 
 
-def load_cfg(mode: str, out: Path, foundation: Path, iters: int | None) -> CfgNode:
+def load_cfg(mode: str, out: Path, foundation: Path, args: argparse.Namespace) -> CfgNode:
     opts = ["OUTPUT_DIR", str(out / mode), "MODEL.VIT.WEIGHTS", str(foundation)]
-    if iters is not None:
-        opts += ["SOLVER.MAX_ITER", str(iters), "SOLVER.CHECKPOINT_PERIOD", str(iters)]
+    if args.iters is not None:
+        opts += ["SOLVER.MAX_ITER", str(args.iters), "SOLVER.CHECKPOINT_PERIOD", str(args.iters)]
+    if args.seed is not None:
+        opts += ["SEED", str(args.seed)]
     cfg = load_config(str(CONFIGS / f"tiny_synthetic_{mode}.yaml"), opts)
     cfg.freeze()
     return cfg
@@ -146,7 +151,8 @@ def fine_tune(mode: str, out: Path, foundation: Path, args: argparse.Namespace, 
     """In a process of its own: train one mode on DATASETS.TRAIN (timed alone), then score every
     DATASETS.TEST domain. Its log goes to OUTPUT_DIR/log.txt; the main process shows progress."""
     torch.set_num_threads(threads)
-    cfg = load_cfg(mode, out, foundation, args.iters)
+    cfg = load_cfg(mode, out, foundation, args)
+    seed_all_rng(cfg.SEED)  # as train_net.py's default_setup: the same run gives the same table
     for name in ("detectron2", "rein_d2", "fvcore"):
         setup_logger(str(Path(cfg.OUTPUT_DIR) / "log.txt"), name=name, configure_stdout=False)
     register_synthetic_dg(out / "data", train_count=args.train_images, val_count=args.val_images)
@@ -176,7 +182,7 @@ def fine_tune_all(out: Path, foundation: Path, args: argparse.Namespace,
                   meanwhile: Callable[[], object]) -> dict[str, ModeRun]:
     """Every mode in its own process, side by side, with a progress line every PROGRESS_PERIOD seconds;
     this process runs `meanwhile` first instead of only waiting."""
-    iters = {mode: load_cfg(mode, out, foundation, args.iters).SOLVER.MAX_ITER for mode in MODES}
+    iters = {mode: load_cfg(mode, out, foundation, args).SOLVER.MAX_ITER for mode in MODES}
     threads = max(1, (os.cpu_count() or 1) // len(MODES))
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(len(MODES), mp_context=context) as pool:

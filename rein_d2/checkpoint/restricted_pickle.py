@@ -12,6 +12,9 @@ message.
 
 Torch files go through `torch.load(pickle_module=<this module>)`: torch's own zip and storage
 code reads the tensors and asks this module's `Unpickler.find_class` for every other global.
+A TorchScript archive (OpenAI's CLIP release) is read the same way, but only its pickled module
+(`data.pkl`): its `__torch__.*` module objects become placeholders whose tensors are returned by
+their state-dict names; its code is never loaded.
 """
 from __future__ import annotations
 
@@ -149,6 +152,18 @@ def _inert_reconstructor(cls: Any, base: Any, state: Any) -> Inert:
     return cls.allocate((base, state), {})
 
 
+def _typed_list(data: Any) -> list:
+    """TorchScript's `torch.jit._pickle.build_{int,double,bool,tensor}list`: the list as it is."""
+    if type(data) is not list:
+        raise _Refused(f"call torch.jit._pickle's list rebuild on a {type(data).__name__}")
+    return data
+
+
+def _untagged(value: Any, type_str: Any) -> Any:
+    """TorchScript's `restore_type_tag(value, "Dict[str, float]")`: the static type is TorchScript's only."""
+    return value
+
+
 _TENSOR_REBUILDS = (torch._utils._rebuild_tensor, torch._utils._rebuild_tensor_v2, torch._utils._rebuild_tensor_v3,
                     torch._utils._rebuild_parameter, torch._utils._rebuild_parameter_with_state)
 
@@ -174,6 +189,8 @@ CALLS: dict[str, Callable[..., Any]] = {
     "builtins.complex": complex,
     "_codecs.encode": _latin1_bytes,
     "copyreg._reconstructor": _inert_reconstructor,
+    **{f"torch.jit._pickle.build_{kind}list": _typed_list for kind in ("int", "double", "bool", "tensor")},
+    "torch.jit._pickle.restore_type_tag": _untagged,
     "builtins.getattr": _inert_attribute,
     **{f"numpy.{core}.multiarray._reconstruct": _numpy_array for core in ("core", "_core")},
     **{f"numpy.{core}.numeric._frombuffer": _numpy_array_from_buffer for core in ("core", "_core")},
@@ -321,6 +338,33 @@ def _is_torchscript(path: str) -> bool:
         return any(name.partition("/")[2] == "constants.pkl" for name in archive.namelist())
 
 
+def module_tensors(module: Inert, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The tensor attributes of a pickled TorchScript module and of its submodules (its `__torch__.*`
+    attributes), named as its `state_dict()` names them: its parameters and buffers, and any other
+    tensor a scripted module keeps as an attribute."""
+    tensors: dict[str, torch.Tensor] = {}
+    for name, value in (module.state.items() if isinstance(module.state, dict) else ()):
+        if isinstance(value, torch.Tensor):
+            tensors[prefix + name] = value
+        elif isinstance(value, Inert) and value.dotted.startswith("__torch__."):
+            tensors.update(module_tensors(value, f"{prefix}{name}."))
+    return tensors
+
+
+def _read_torchscript(path: str) -> dict[str, torch.Tensor]:
+    """The module tensors of a TorchScript archive, read from its `data.pkl` by this unpickler (torch's
+    zip reader gives the storages); `torch.load` would hand the archive to `torch.jit.load`."""
+    with torch.serialization._open_zipfile_reader(path) as archive:
+        module = torch.serialization._load(archive, "cpu", sys.modules[__name__])
+    if not isinstance(module, Inert):
+        raise UnreadableCheckpointError(f"{path} is a TorchScript archive without a module (it holds a "
+                                        f"{type(module).__name__}); give the weights as a .pth of tensors")
+    tensors = module_tensors(module)
+    logger.info("%s: read the %d tensors of TorchScript module %s; its code was not loaded", path, len(tensors),
+                module.dotted)
+    return tensors
+
+
 def _read(path: str) -> Any:
     with open(path, "rb") as f:
         is_zip = f.read(4) == ZIP_MAGIC
@@ -334,9 +378,7 @@ def _read(path: str) -> Any:
                     ".pth/.pt/.bin (torch.save), .pkl (pickle) or .safetensors weights file") from None
     if is_zip:
         if _is_torchscript(path):
-            raise UnsafePickleError(f"{path} is a TorchScript archive, whose code rein-d2 does not load; where you "
-                                    "trust the file, save its weights as tensors, e.g. "
-                                    "torch.save(torch.jit.load(path).state_dict(), 'weights.pth')")
+            return _read_torchscript(path)
         return torch.load(path, map_location="cpu", weights_only=False, mmap=True, pickle_module=sys.modules[__name__])
     if type(first) is int and first == torch.serialization.MAGIC_NUMBER:  # torch's format before zip files
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=sys.modules[__name__])
@@ -344,7 +386,8 @@ def _read(path: str) -> Any:
 
 
 def read_checkpoint(path: str | os.PathLike) -> Any:
-    """What a torch (zip or legacy), MMEngine or plain-pickle checkpoint holds, without running its code.
+    """What a torch (zip or legacy), MMEngine or plain-pickle checkpoint holds, without running its code;
+    a TorchScript archive gives its module's tensors by name.
 
     Objects of other classes come back as `Inert` placeholders; the log names their classes.
     """

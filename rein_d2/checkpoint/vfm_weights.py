@@ -1,22 +1,30 @@
 """Load a vision foundation model's weights from a local file into a timm model.
 
-Accepts timm checkpoints and the official DINOv2 and DINOv3 release formats. A patch-embedding
-kernel or position grid of another size is resized the way the official Rein converter
-does (bicubic, align_corners=False, no antialiasing), so that patch-14 weights serve a
-patch-16 model. Files are read with safetensors or the restricted reader
+Accepts timm checkpoints and the file each family's official config uses: the DINOv2 and
+Meta's DINOv3 `.pth`, EVA02's checkpoint (as the official Rein converter takes it), OpenAI's
+CLIP TorchScript archive (`ViT-L-14.pt`: its tensors, never its code), SAM's whole-model
+`sam_vit_*.pth` (its `image_encoder.*`) and MAE's release (timm's names). The file's layout is
+recognised by its key names (`LAYOUTS`) and renamed to timm's by timm's own converters. A
+patch-embedding kernel or position grid of another size is resized the way the family's
+official code does (bicubic, align_corners=False, no antialiasing; CLIP's grid bilinear), so
+that patch-14 weights serve a patch-16 model. A file of another family is refused with the
+tensors that differ. Files are read with safetensors or the restricted reader
 (restricted_pickle.py), which never runs code from a file.
 """
 from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from timm.models import eva
+from timm.models import eva, vision_transformer, vision_transformer_sam
 from torch import Tensor, nn
 
 from ..errors import ReinD2Error
@@ -108,11 +116,74 @@ def dinov2_to_timm(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return state
 
 
-def resize_grid(t: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bicubic resize of the last two dims, as the official patch-14 -> 16 converter."""
+def is_official_eva02(state: dict[str, Tensor]) -> bool:
+    """EVA02's own layout: separate q/k/v projections beside BEiT-style `q_bias` / `v_bias`."""
+    return "blocks.0.attn.q_proj.weight" in state and "blocks.0.attn.q_bias" in state
+
+
+def is_openai_clip(state: dict[str, Tensor]) -> bool:
+    return "visual.class_embedding" in state
+
+
+def is_official_sam(state: dict[str, Tensor]) -> bool:
+    return "image_encoder.patch_embed.proj.weight" in state
+
+
+def eva02_to_timm(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """EVA02's names -> timm's, by timm's converter (`timm.models.eva`), once the kernel and the
+    position grid have been resized as the official Rein converter does (`convert_eva2_512x512.py`;
+    timm's converter would resample them its own way). Its pre-training head and mask token are
+    dropped, its final norm becomes timm's `fc_norm`, the rotary tables are rebuilt by timm."""
+    return eva.checkpoint_filter_fn(fit_grids(state, model), model)
+
+
+def openai_clip_to_timm(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """OpenAI CLIP's image tower (`visual.*`) -> timm's names, by timm's converter, in float32 as the
+    official Rein code reads the half-precision release (`.float()`). The text tower is left out,
+    and so is the image-text projection (`visual.proj`, timm's `head`) for a model without a head."""
+    visual = {k: v.float() if v.is_floating_point() else v for k, v in state.items() if k.startswith("visual.")}
+    target = model.state_dict()
+    return {k: v for k, v in vision_transformer._convert_openai_clip(visual, model).items()
+            if k in target or not k.startswith("head.")}
+
+
+def sam_to_timm(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """SAM's whole model -> its image encoder in timm's names, by timm's converter; the prompt
+    encoder and the mask decoder are dropped."""
+    return vision_transformer_sam.checkpoint_filter_fn(state, model)
+
+
+@dataclass(frozen=True)
+class WeightsLayout:
+    """A release's key layout: how to recognise it, how it becomes timm's names, and how its
+    family's official code resizes the position grid."""
+
+    name: str
+    matches: Callable[[dict[str, Tensor]], bool]
+    to_timm: Callable[[dict[str, Tensor], nn.Module], dict[str, Tensor]]
+    grid_mode: str = "bicubic"
+
+
+# The first that matches is the file's layout (EVA02's pre-training file has a mask token too).
+LAYOUTS = (
+    WeightsLayout("Meta's DINOv3", is_official_dinov3, dinov3_to_timm),
+    WeightsLayout("official EVA02", is_official_eva02, eva02_to_timm),
+    WeightsLayout("official DINOv2", is_official_dinov2, lambda state, model: dinov2_to_timm(state)),
+    WeightsLayout("OpenAI CLIP", is_openai_clip, openai_clip_to_timm, grid_mode="bilinear"),
+    WeightsLayout("Segment Anything (SAM)", is_official_sam, sam_to_timm),
+)
+TIMM_LAYOUT = WeightsLayout("timm (as MAE's release)", lambda state: True, lambda state, model: state)
+
+
+def layout_of(state: dict[str, Tensor]) -> WeightsLayout:
+    return next((layout for layout in LAYOUTS if layout.matches(state)), TIMM_LAYOUT)
+
+
+def resize_grid(t: Tensor, size: tuple[int, int], mode: str = "bicubic") -> Tensor:
+    """Resize of the last two dims (align_corners=False, no antialiasing), as the official converters."""
     if tuple(t.shape[-2:]) == tuple(size):
         return t
-    return F.interpolate(t.float(), size=size, mode="bicubic", align_corners=False).to(t.dtype)
+    return F.interpolate(t.float(), size=size, mode=mode, align_corners=False).to(t.dtype)
 
 
 def _pos_prefix_tokens(model: nn.Module) -> int:
@@ -121,40 +192,73 @@ def _pos_prefix_tokens(model: nn.Module) -> int:
     return getattr(model, "num_prefix_tokens", 0)
 
 
-def resize_pos_embed(pos: Tensor, target: Tensor, num_prefix: int) -> Tensor:
+def resize_pos_embed(pos: Tensor, target: Tensor, num_prefix: int, mode: str = "bicubic") -> Tensor:
     """Resize a position grid to the model's: [1, P + H*W, C] token layout or [1, H, W, C] (SAM)."""
-    if pos.shape == target.shape:
-        return pos
+    if pos.shape == target.shape or pos.ndim != target.ndim:
+        return pos  # another layout is reported as a shape mismatch
     if pos.ndim == 4:
-        return resize_grid(pos.permute(0, 3, 1, 2), target.shape[1:3]).permute(0, 2, 3, 1)
+        return resize_grid(pos.permute(0, 3, 1, 2), target.shape[1:3], mode).permute(0, 2, 3, 1)
     prefix, grid = pos[:, :num_prefix], pos[:, num_prefix:]
     side, target_side = int(grid.shape[1] ** 0.5), int((target.shape[1] - num_prefix) ** 0.5)
     if side * side != grid.shape[1] or target_side**2 != target.shape[1] - num_prefix:
         return pos  # not a square grid: reported as a shape mismatch
     grid = grid.reshape(1, side, side, -1).permute(0, 3, 1, 2)
-    grid = resize_grid(grid, (target_side, target_side)).permute(0, 2, 3, 1).reshape(1, target_side**2, -1)
+    grid = resize_grid(grid, (target_side, target_side), mode).permute(0, 2, 3, 1).reshape(1, target_side**2, -1)
     return torch.cat([prefix, grid], dim=1)
 
 
-def fit_to_model(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
-    """Timm-keyed tensors with the patch kernel and position grid resized to `model`'s."""
-    if is_official_dinov2(state):
-        state = dinov2_to_timm(state)
-    elif is_official_dinov3(state):
-        state = dinov3_to_timm(state, model)
+def fit_grids(state: dict[str, Tensor], model: nn.Module, mode: str = "bicubic") -> dict[str, Tensor]:
+    """`state` with the patch kernel (bicubic) and the position grid (`mode`) resized to `model`'s."""
     target = model.state_dict()
     state = dict(state)
     kernel = "patch_embed.proj.weight"
     if kernel in state and kernel in target and state[kernel].ndim == 4:
         state[kernel] = resize_grid(state[kernel], target[kernel].shape[-2:])
     if "pos_embed" in state and "pos_embed" in target:
-        state["pos_embed"] = resize_pos_embed(state["pos_embed"], target["pos_embed"], _pos_prefix_tokens(model))
+        state["pos_embed"] = resize_pos_embed(state["pos_embed"], target["pos_embed"], _pos_prefix_tokens(model), mode)
     return state
+
+
+def _name_groups(keys: list[str], shown: int = 10) -> str:
+    """Tensor names with block indices folded (`blocks.*.attn.rel_pos_h x32`), the first `shown` groups."""
+    groups = Counter(re.sub(r"\.\d+\.", ".*.", key) for key in keys)
+    names = [f"{name} x{count}" if count > 1 else name for name, count in groups.items()]
+    more = f", and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def refuse_other_family(state: dict[str, Tensor], model: nn.Module, layout: WeightsLayout, source: str,
+                        config_key: str) -> None:
+    """A file that lacks some of the model's tensors while holding others it has no place for is
+    another family's (a SAM file for a CLIP model): refused, naming both sides."""
+    target = model.state_dict()
+    missing = [k for k in target if k not in state]
+    unused = [k for k in state if k not in target]
+    if missing and unused:
+        architecture = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
+        raise IncompatibleWeightsError(
+            f"{config_key}: {source} holds {layout.name} weights, which are not {architecture}'s: "
+            f"{len(missing)} of the model's tensors are not in the file ({_name_groups(missing)}) and "
+            f"{len(unused)} of the file's have no place in the model ({_name_groups(unused)}); give the "
+            "weights file of this backbone's family (README, Backbones), or the architecture of the file "
+            "(MODEL.VIT.TIMM_NAME)")
+
+
+def fit_to_model(state: dict[str, Tensor], model: nn.Module, source: str = "the file",
+                 config_key: str = "weights") -> dict[str, Tensor]:
+    """Timm-keyed tensors of a file (`source`) in any layout of `LAYOUTS`, resized to `model`'s
+    patch kernel and position grid; a file of another family is refused."""
+    layout = layout_of(state)
+    logger.info("%s: %s holds %s weights", config_key, source, layout.name)
+    state = layout.to_timm(state, model)
+    refuse_other_family(state, model, layout, source, config_key)
+    return fit_grids(state, model, layout.grid_mode)
 
 
 def load_vfm_weights(model: nn.Module, path: str | Path, config_key: str = "weights") -> tuple[list[str], list[str]]:
     """Load `path` into `model`; returns (missing, unexpected) keys, which are also logged."""
-    return load_tensors(model, fit_to_model(read_state_dict(path, config_key), model), str(path), config_key)
+    state = fit_to_model(read_state_dict(path, config_key), model, str(path), config_key)
+    return load_tensors(model, state, str(path), config_key)
 
 
 def load_tensors(model: nn.Module, state: dict[str, Tensor], source: str,

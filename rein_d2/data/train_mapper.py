@@ -7,7 +7,9 @@ cat_max_ratio) or more, flip (INPUT.RANDOM_FLIP), photometric distortion (INPUT.
 then padding at the bottom and right to INPUT.SIZE_DIVISIBILITY (the crop size): labels with
 the ignore label, images with MODEL.PIXEL_MEAN, which the model's normalisation turns into
 exactly 0, as MMSeg's SegDataPreProcessor pads the normalised image with 0. Padding here
-rather than in the model keeps every batch at the crop size, whatever its crops.
+rather than in the model keeps every batch at the crop size, whatever its crops; each sample's
+"unpadded_size" (h, w) says where its image ends. The DGSS augmentation baselines INPUT.GTR_LTR
+and INPUT.PASTA, when enabled, come before this pipeline.
 
 Each label is checked against the classes of its own dataset (its record's "dataset_name",
 see records.py), and that dataset's ignore label becomes the model's
@@ -28,17 +30,34 @@ from ..errors import ConfigError
 from .dataset_classes import DatasetClasses
 from .label_io import LabelError
 from .official_augmentations import RandomCropCatMaxRatio, RandomShortestEdge
+from .pasta import PASTA
 from .photometric import PhotometricDistortion
 from .test_mapper import read_image_checked
+from .texture_randomization import TextureRandomization
 
 FLIPS = ("horizontal", "vertical", "none")  # Detectron2's INPUT.RANDOM_FLIP values
 
 
+def build_dgss_augmentations(cfg: CfgNode) -> list[T.Augmentation]:
+    """The DGSS augmentation baselines that change the loaded image (INPUT.GTR_LTR, INPUT.PASTA), first
+    in the pipeline: their papers' code applies them to the whole image, before resize, crop and colour."""
+    augs: list[T.Augmentation] = []
+    if cfg.INPUT.GTR_LTR.ENABLED:
+        g = cfg.INPUT.GTR_LTR
+        augs.append(TextureRandomization(g.TEXTURE_DIR, cfg.INPUT.FORMAT, g.GLOBAL_PROB, g.LOCAL_PROB,
+                                         g.BLEND, g.LOCAL_AREA))
+    if cfg.INPUT.PASTA.ENABLED:
+        p = cfg.INPUT.PASTA
+        augs.append(PASTA(p.ALPHA, p.BETA, p.K, p.PROB))
+    return augs
+
+
 def build_train_augmentations(cfg: CfgNode) -> list[T.Augmentation]:
-    """MMSeg's order: resize, crop, flip, photometric distortion (on labels whose ignore label is
-    MODEL.SEM_SEG_HEAD.IGNORE_VALUE)."""
-    augs: list[T.Augmentation] = [RandomShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN,
-                                                     cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)]
+    """The DGSS baselines if enabled, then MMSeg's order: resize, crop, flip, photometric distortion
+    (on labels whose ignore label is MODEL.SEM_SEG_HEAD.IGNORE_VALUE)."""
+    augs = build_dgss_augmentations(cfg)
+    augs.append(RandomShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN,
+                                   cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING))
     if cfg.INPUT.CROP.ENABLED:
         augs.append(RandomCropCatMaxRatio(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE,
                                           cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA,
@@ -124,6 +143,7 @@ class SemanticTrainMapper:
         self.augmentations(aug_input)
         image_t = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1))).float()
         label_t = torch.as_tensor(aug_input.sem_seg.astype(np.int64))
+        unpadded_size = tuple(label_t.shape)
         image_t, label_t = self._pad(image_t, label_t)
-        out.update(image=image_t, sem_seg=label_t)
+        out.update(image=image_t, sem_seg=label_t, unpadded_size=unpadded_size)
         return out

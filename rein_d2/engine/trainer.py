@@ -4,7 +4,8 @@ What differs from DefaultTrainer: a check that the model and its datasets agree 
 classes, the PEFT optimiser groups and warmup-then-poly schedule, the semantic training
 mapper over the records of any registered dataset, multi-domain evaluation of every test dataset,
 compact atomic checkpoints, mixed precision on CUDA or CPU, DDP on GPU or CPU processes
-(unused-parameter search from config), and a non-finite loss that names the last good checkpoint.
+(unused-parameter search from config), AdvStyle training (MODEL.ADVSTYLE), and a non-finite loss
+that names the last good checkpoint.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from ..data.train_mapper import SemanticTrainMapper
 from ..errors import ReinD2Error
 from ..evaluation import build_dg_evaluator, build_dg_test_loader, evaluate_on_domains
 from ..solver import build_lr_scheduler, build_optimizer
+from .advstyle import AdversarialStyle
 from .amp import MixedPrecisionTrainer
 from .distributed import process_device_ids
 
@@ -51,6 +53,8 @@ class ReinTrainer(DefaultTrainer):
             self._trainer = MixedPrecisionTrainer(model, data_loader, optimizer, cfg.SOLVER.AMP.PRECISION)
         else:
             self._trainer = SimpleTrainer(model, data_loader, optimizer)
+        if cfg.MODEL.ADVSTYLE.ENABLED:
+            AdversarialStyle.from_config(cfg).attach(model, getattr(self._trainer, "grad_scaler", None))
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = CompactCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0

@@ -23,7 +23,7 @@ from ...checkpoint.cnn_weights import official_cnn_to_timm
 from ...checkpoint.vfm_weights import IncompatibleWeightsError, load_tensors, read_state_dict
 from ...errors import ConfigError
 from ..rein import REIN_QUERIES_KEY
-from .peft import build_peft
+from .peft import build_peft, needs_block_internals
 from .vit import FINETUNE_MODES, OUT_FEATURES, trains_backbone
 
 logger = logging.getLogger(__name__)
@@ -83,6 +83,9 @@ class ReinCNN(Backbone):
         self.requires_grad_(train_cnn)
         self.reins = nn.ModuleList(reins) if reins is not None else None
         if self.reins is not None:
+            if any(needs_block_internals(rein) for rein in self.reins):
+                raise ConfigError(f"{type(self.reins[0]).__name__} needs a ViT's blocks (their input tokens or "
+                                  "sub-modules); ReinCNN refines block outputs only: use MODEL.BACKBONE.NAME ReinViT")
             for stage, (blocks, rein) in enumerate(zip(self.blocks, self.reins)):
                 if getattr(rein, "num_layers", len(blocks)) != len(blocks):
                     raise ConfigError(f"stage {stage} has {len(blocks)} blocks but its refinement {rein.num_layers} layers")

@@ -1,15 +1,19 @@
-"""One Detectron2 backbone for every timm vision foundation model, with Rein attached.
+"""One Detectron2 backbone for every timm vision foundation model, with Rein (or another PEFT method) attached.
 
 Rein is attached by a forward hook on each block, so the same wrapper serves DINOv2
 (prefix tokens), EVA02 (rotary embeddings), CLIP, MAE and SAM (windowed NHWC blocks):
 whatever a block's forward looks like, its output's patch tokens are refined and handed
-to the next block. Features follow the official DINOv2 wrapper: blocks OUT_INDICES as
-maps on the patch grid, resized x4, x2, x1, x0.5 into res2..res5.
+to the next block. Other methods use the rest of the interface of `peft.py`, offered for every
+method alike: a pre-hook on each block hands its input tokens to `before_block` (VPT's prompts),
+and `attach` gets the blocks once to hook into their sub-modules (LoRA, AdaptFormer). Features
+follow the official DINOv2 wrapper: blocks OUT_INDICES as maps on the patch grid, resized x4, x2,
+x1, x0.5 into res2..res5.
 """
 from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 
 import timm
 import torch
@@ -96,7 +100,7 @@ def compile_blocks(vit: nn.Module, backend: str) -> None:
 
 
 class ReinViT(Backbone):
-    """A timm ViT whose patch tokens are refined after every block by `peft` (Rein)."""
+    """A timm ViT refined by `peft` (Rein, or another method of PEFT_REGISTRY) in every block."""
 
     @configurable
     def __init__(self, vit: nn.Module, patch_size: int, out_indices: list[int], finetune: str = "rein",
@@ -126,8 +130,7 @@ class ReinViT(Backbone):
         self.num_prefix_tokens = getattr(vit, "num_prefix_tokens", 0)
         self.vit.requires_grad_(train_vit)
         if peft is not None:
-            for layer, block in enumerate(vit.blocks):
-                block.register_forward_hook(functools.partial(self._refine_block_output, layer))
+            self._attach(peft)
         if grad_checkpoint:
             enable_grad_checkpointing(vit)
         if compile_backend:
@@ -167,11 +170,34 @@ class ReinViT(Backbone):
             self.vit.eval()
         return self
 
+    def _attach(self, peft: nn.Module) -> None:
+        """The hooks of peft.py's interface, for whichever of them the method defines. The block hooks
+        look the method up as `self.reins` when they run, so it can be swapped (tools/benchmark.py)."""
+        if hasattr(peft, "attach"):
+            peft.attach(self.vit.blocks)
+        for layer, block in enumerate(self.vit.blocks):
+            if hasattr(peft, "before_block"):
+                block.register_forward_pre_hook(functools.partial(self._prepare_block_input, layer))
+            block.register_forward_hook(functools.partial(self._refine_block_output, layer))
+
+    def _on_tokens(self, step: Callable[..., Tensor], layer: int, x: Tensor) -> Tensor:
+        """`step(tokens [B, N, C], layer, num_prefix_tokens)` on a block's input or output; an NHWC map
+        (SAM's blocks) as its H * W tokens, which must come back as many."""
+        if x.ndim == 4:
+            b, h, w, c = x.shape
+            tokens = step(x.reshape(b, h * w, c), layer)
+            if tokens.shape[1] != h * w:
+                raise ConfigError(f"{type(self.reins).__name__} changes the number of tokens at block {layer}, but "
+                                  f"{type(self.vit).__name__}'s blocks take NHWC maps (windowed attention), which "
+                                  "hold no extra tokens; choose a method that keeps the tokens (Rein, LoRA, AdaptFormer)")
+            return tokens.reshape(b, h, w, c)
+        return step(x, layer, num_prefix_tokens=self.num_prefix_tokens)
+
+    def _prepare_block_input(self, layer: int, block: nn.Module, args: tuple) -> tuple:
+        return (self._on_tokens(self.reins.before_block, layer, args[0]), *args[1:])
+
     def _refine_block_output(self, layer: int, block: nn.Module, args: tuple, output: Tensor) -> Tensor:
-        if output.ndim == 4:  # NHWC blocks (SAM)
-            b, h, w, c = output.shape
-            return self.reins(output.reshape(b, h * w, c), layer).reshape(b, h, w, c)
-        return self.reins(output, layer, num_prefix_tokens=self.num_prefix_tokens)
+        return self._on_tokens(self.reins, layer, output)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         h, w = x.shape[-2:]
