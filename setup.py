@@ -1,6 +1,11 @@
 """Installs rein_d2; `make test` / `make demo` call this through tools/bootstrap.py."""
 from setuptools import find_packages, setup
 
+# tools/export_onnx.py and `demo/demo.py --backend onnxruntime`; the tests exercise both. numpy<2 is
+# Detectron2 0.7.2's own bound: without it, pip resolving this extra over an installed Detectron2
+# upgrades numpy to 2 for onnx's ml_dtypes (0.7 needs numpy 2) and breaks Detectron2.
+ONNX = ["onnx", "onnxruntime", "numpy<2"]
+
 setup(
     name="rein-d2",
     version="0.1.0",
@@ -33,5 +38,5 @@ setup(
     ],
     # addict, rich, termcolor, yapf: what mmengine (installed by tools/bootstrap.py --tests without
     # its GUI OpenCV requirement) imports; its matplotlib, numpy and pyyaml come with the above.
-    extras_require={"test": ["pytest", "addict", "rich", "termcolor", "yapf"]},
+    extras_require={"onnx": ONNX, "test": ["pytest", "addict", "rich", "termcolor", "yapf", *ONNX]},
 )

@@ -4,6 +4,8 @@
         --opts MODEL.WEIGHTS model_final.pth
     python demo/demo.py --config-file CONFIG.yaml --video-input drive.mp4 --output out/
     python demo/demo.py --config-file CONFIG.yaml --webcam
+    python demo/demo.py --config-file CONFIG.yaml --input photos/ --output out/ \\
+        --backend onnxruntime --onnx model.onnx
 
 Each image gives <output>/<name>_seg.png: the predicted classes over the image in the
 colours of the model's dataset, with a legend of the classes present (--side-by-side puts
@@ -12,8 +14,11 @@ the input on the left). Class names and colours come from the MetadataCatalog en
 dataset without `stuff_colors` (e.g. Detectron2's ADE20K) gets a fixed generated palette,
 the same on every run. A video gives <output>/<name>_seg.mp4 at the input's frame size and rate.
 Semantic segmentation needs no confidence threshold: every pixel gets its most likely
-class. Unreadable inputs are reported and skipped, inputs are never overwritten, and
-outputs appear only once complete. Exit code: 0 when something was processed, 1 when
+class. With --backend onnxruntime, the network is an ONNX file from tools/export_onnx.py, run
+by onnxruntime on the CPU, and everything around it (resizing, the sliding window of
+TEST.SLIDE, colouring) is the same as with PyTorch; the config still gives the classes and
+the test resize. Unreadable inputs are reported and skipped, inputs are never overwritten,
+and outputs appear only once complete. Exit code: 0 when something was processed, 1 when
 nothing could be, 2 on a usage error.
 """
 from __future__ import annotations
@@ -37,12 +42,13 @@ from detectron2.config import CfgNode
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
 from PIL import Image
+from predictor import Legend, SemanticPredictor, visualize
 from tqdm import tqdm
 
-from predictor import Legend, SemanticPredictor, visualize
 from rein_d2.config import load_config
 from rein_d2.data.class_check import model_classes
 from rein_d2.errors import ReinD2Error
+from rein_d2.export.onnx_runtime import OnnxSemanticSegmentor
 from rein_d2.utils.atomic import atomic_write_image
 from rein_d2.utils.cli import user_errors
 from rein_d2.utils.video import VideoSink
@@ -54,6 +60,7 @@ UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 DEFAULT_FPS = 30.0
 WINDOW = "rein-d2"
 ESC = 27
+BACKENDS = ("pytorch", "onnxruntime")
 Render = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (BGR image, label map) -> what is shown or written
 
 
@@ -82,6 +89,10 @@ def get_parser() -> argparse.ArgumentParser:
                              "config's first DATASETS.TEST, else DATASETS.TRAIN)")
     parser.add_argument("--batch-size", type=int, default=4, metavar="N",
                         help="video frames per model call (default: %(default)s)")
+    parser.add_argument("--backend", choices=BACKENDS, default=BACKENDS[0],
+                        help="what runs the network (default: %(default)s)")
+    parser.add_argument("--onnx", metavar="FILE",
+                        help="the ONNX file of --backend onnxruntime, from tools/export_onnx.py")
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, metavar="KEY VALUE",
                         help="config overrides, e.g. --opts MODEL.WEIGHTS model.pth "
                              "MODEL.DEVICE cpu")
@@ -108,6 +119,13 @@ def legend_for(cfg: CfgNode, dataset: str | None) -> Legend:
     legend = Legend(model_classes(cfg, name))
     logger.info("class names and colours of dataset '%s' (%d classes)", name, len(legend.names))
     return legend
+
+
+def make_predictor(cfg: CfgNode, args: argparse.Namespace) -> SemanticPredictor:
+    """The predictor of --backend: the PyTorch model of the config, or its ONNX export in onnxruntime."""
+    if args.backend == "pytorch":
+        return SemanticPredictor(cfg)
+    return SemanticPredictor(cfg, model=OnnxSemanticSegmentor.from_config(cfg, args.onnx))
 
 
 def is_folder(output: str) -> bool:
@@ -299,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    if (args.backend == "onnxruntime") != (args.onnx is not None):
+        parser.error("--backend onnxruntime and --onnx FILE go together")
     cfg = setup_cfg(args)
     render = functools.partial(visualize, legend=legend_for(cfg, args.dataset), side_by_side=args.side_by_side)
     if args.webcam:
@@ -306,13 +326,13 @@ def main(argv: list[str] | None = None) -> int:
             raise DemoError("--webcam shows results in a window; --output cannot be used "
                             "with it")
         require_display()
-        return 0 if run_webcam(SemanticPredictor(cfg), render) else 1
+        return 0 if run_webcam(make_predictor(cfg, args), render) else 1
     if args.output is None:
         require_display()
     if args.video_input:
         source = Path(args.video_input)
         target = video_output(source, args.output) if args.output else None
-        done = run_video(SemanticPredictor(cfg), source, target, render, args.batch_size)
+        done = run_video(make_predictor(cfg, args), source, target, render, args.batch_size)
         if done and target is not None:
             logger.info("%d frames segmented into %s", done, target)
         return 0 if done else 1
@@ -321,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("no input found in %s", " ".join(args.input))
         return 1
     targets = image_outputs(inputs, args.output) if args.output else None
-    done = run_images(SemanticPredictor(cfg), inputs, targets, render)
+    done = run_images(make_predictor(cfg, args), inputs, targets, render)
     logger.info("%d of %d inputs segmented%s", done, len(inputs),
                 f" into {args.output}" if args.output else "")
     if not done:

@@ -1,21 +1,20 @@
 """Inference and visualisation for the demo: BGR images in, label maps and overlays out.
 
 `SemanticPredictor` works with any Detectron2 meta-architecture that returns
-`{"sem_seg": [C, H, W]}` scores at the input's "height" and "width" (as Mask2Former does).
+`{"sem_seg": [C, H, W]}` scores at the input's "height" and "width" (as Mask2Former does),
+or with any callable that does the same (the onnxruntime backend, rein_d2.export.onnx_runtime).
 """
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import transforms as T
-from detectron2.modeling import build_model
 
-from rein_d2.checkpoint.compact import CompactCheckpointer
+from rein_d2.checkpoint.trained_model import build_trained_model
 from rein_d2.data.dataset_classes import DatasetClasses
 from rein_d2.errors import ConfigError
 
@@ -23,25 +22,18 @@ from rein_d2.errors import ConfigError
 class SemanticPredictor:
     """Detectron2's DefaultPredictor for semantic segmentation: returns HxW train-id maps.
 
-    Builds the model from `cfg`, loads `cfg.MODEL.WEIGHTS` if set, converts BGR images to
-    `cfg.INPUT.FORMAT`, resizes them like DefaultPredictor when `cfg.INPUT.MIN_SIZE_TEST`
-    > 0, and returns the argmax at the original image size.
+    Builds the model from `cfg` and loads `cfg.MODEL.WEIGHTS` if set, unless given a `model`;
+    converts BGR images to `cfg.INPUT.FORMAT`, resizes them like DefaultPredictor when
+    `cfg.INPUT.MIN_SIZE_TEST` > 0, and returns the argmax at the original image size.
     """
 
-    def __init__(self, cfg: CfgNode):
+    def __init__(self, cfg: CfgNode, model: Callable[[list[dict]], list[dict]] | None = None):
         self.cfg = cfg.clone()
         self.input_format = cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):
             raise ConfigError(f"INPUT.FORMAT is '{self.input_format}'; the demo feeds 'RGB' or "
                              "'BGR' images")
-        weights = cfg.MODEL.WEIGHTS
-        if weights and "://" not in weights and not os.path.isfile(weights):
-            raise ConfigError(f"MODEL.WEIGHTS file {weights} not found; give the path of a "
-                                    "trained checkpoint (e.g. --opts MODEL.WEIGHTS "
-                                    "output/model_final.pth)")
-        self.model = build_model(self.cfg).eval()
-        if weights:
-            CompactCheckpointer(self.model).load(weights)
+        self.model = build_trained_model(cfg) if model is None else model
         size = cfg.INPUT.MIN_SIZE_TEST
         self.resize = (T.ResizeShortestEdge([size, size], cfg.INPUT.MAX_SIZE_TEST)
                        if size > 0 else None)

@@ -17,6 +17,10 @@ on the current device, medians of --runs calls after --warmup calls, variants ta
 - deform_attn: the pixel decoder's deformable attention at this size against two references:
   a per-corner gather vectorised over points, and the per-point definition in Python loops
   (timed on a few queries and scaled to all of them, as running it whole would take hours).
+- onnx: the network on --batch crops of TEST.SLIDE.CROP_SIZE (backbone with Rein, pixel decoder,
+  transformer decoder: what tools/export_onnx.py exports), eager PyTorch against its ONNX export
+  in onnxruntime, both on the CPU with the same thread count; the export's time, file size and
+  max abs difference. Needs the onnx extra (pip install 'rein-d2[onnx]').
 
 FLOPs are fvcore's counts (rein_d2.benchmark.flops), 2 per multiply-add; element-wise
 operators are not counted. Peak memory covers everything training allocates (model,
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import gc
 import io
 import json
@@ -53,19 +58,21 @@ from detectron2.utils.events import EventStorage
 from tabulate import tabulate
 from torch import nn
 
-from rein_d2.config import load_config
-from rein_d2.utils.cli import user_errors
 from rein_d2.benchmark.deform_attn import gather_ms_deform_attn, per_point_ms_deform_attn
 from rein_d2.benchmark.flops import count_flops
 from rein_d2.benchmark.official_rein import OfficialStyleRein
 from rein_d2.benchmark.timing import matmul_flops_per_second, median_seconds
 from rein_d2.benchmark.training import build_training_step, parameter_counts, peak_memory_in_subprocesses
 from rein_d2.checkpoint.compact import CompactCheckpointer
+from rein_d2.config import load_config
+from rein_d2.export.onnx_export import INPUT_NAME, export_crop_network, random_crops
+from rein_d2.export.onnx_runtime import open_session
 from rein_d2.modeling.meta_arch import SlideWindow
 from rein_d2.modeling.pixel_decoder.ms_deform_attn import ms_deform_attn
 from rein_d2.utils.atomic import atomic_output
+from rein_d2.utils.cli import user_errors
 
-SECTIONS = ("matmul", "backbone", "inference", "checkpoint", "training", "deform_attn")
+SECTIONS = ("matmul", "backbone", "inference", "checkpoint", "training", "deform_attn", "onnx")
 # Variants: (MODEL.VIT.FINETUNE, keep the config's LINK_TOKEN_TO_QUERY); without Rein there are no queries.
 VARIANTS = {"rein": ("rein", True), "freeze": ("freeze", False), "full": ("full", False)}
 # The deformable attention's levels: the pixel decoder's encoder inputs res5, res4, res3.
@@ -330,6 +337,30 @@ class Benchmark:
                 "per_point_seconds_scaled": per_point_all,
                 "speedup_vs_gather": seconds["gather"] / seconds["fast"],
                 "speedup_vs_per_point": per_point_all / seconds["fast"]}
+
+    def onnx(self) -> dict:
+        cfg = variant(self.cfg, "rein")
+        cpu = torch.device("cpu")
+        # A copy: the export switches gradients off, which would change the checkpoint section's frozen set.
+        model = copy.deepcopy(self.rein_model()).to(cpu)
+        crop_size = tuple(cfg.TEST.SLIDE.CROP_SIZE)
+        with tempfile.TemporaryDirectory(prefix="rein-d2-benchmark-") as work_dir:
+            report = export_crop_network(model, crop_size, Path(work_dir) / "model.onnx", cfg.MODEL.PIXEL_MEAN,
+                                         cfg.MODEL.PIXEL_STD)
+            session = open_session(report.path, threads=torch.get_num_threads())
+            crops = random_crops(self.args.batch, report.input_size, seed=0)
+            feed = {INPUT_NAME: crops.numpy()}
+            with torch.no_grad():
+                seconds = median_seconds({"eager": lambda: model.crop_outputs(crops),
+                                          "onnxruntime": lambda: session.run(None, feed)},
+                                         self.args.runs, self.args.warmup, cpu)
+        return {"crop_size": list(crop_size), "input_size": list(report.input_size), "batch": self.args.batch,
+                "eager_seconds": seconds["eager"], "onnxruntime_seconds": seconds["onnxruntime"],
+                "onnxruntime_speedup_vs_eager": fraction(seconds["eager"], seconds["onnxruntime"]),
+                "crops_per_second_eager": self.args.batch / seconds["eager"],
+                "crops_per_second_onnxruntime": self.args.batch / seconds["onnxruntime"],
+                "max_abs_diff": report.max_abs_diff, "export_seconds": report.export_seconds,
+                "file_bytes": report.file_bytes}
 
     def run(self) -> dict:
         self.results = {"environment": environment(self.device), "config": self.args.config_file,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from detectron2.config import CfgNode, configurable
@@ -57,6 +57,45 @@ def upsampled_semantic_inference(mask_cls: Tensor, mask_pred: Tensor, size: tupl
         part = torch.einsum("bqc,bqhw->bchw", class_probs[:, start:stop], masks.sigmoid_()).float()
         total = part if total is None else total.add_(part)
     return total
+
+
+# The network of one padded batch [B, C, H, W] -> (class logits [B, Q, K+1], mask logits [B, Q, h, w]):
+# MaskFormer's backbone and head, or an onnxruntime session of their export (rein_d2.export).
+CropNetwork = Callable[[Tensor], tuple[Tensor, Tensor]]
+
+
+def normalize_image(image: Tensor, pixel_mean: Tensor, pixel_std: Tensor) -> Tensor:
+    """An input dict's [C, H, W] "image" in the network's input space, on the device of `pixel_mean`."""
+    if image.dim() != 3 or image.shape[0] != pixel_mean.shape[0]:
+        raise ValueError(f"'image' must be [C, H, W] with C={pixel_mean.shape[0]} channels "
+                         f"(MODEL.PIXEL_MEAN), got shape {tuple(image.shape)}")
+    return (image.to(pixel_mean.device) - pixel_mean) / pixel_std
+
+
+def semantic_scores(images: list[Tensor], network: CropNetwork, num_classes: int, size_divisibility: int,
+                    slide_window: SlideWindow | None, queries_per_chunk: int = QUERIES_PER_CHUNK) -> list[Tensor]:
+    """Per normalised image [K, H, W] class scores: `network` on the padded whole images, or on the
+    sliding window's crops, each batch's masks upsampled to its padded size and cropped back."""
+
+    def padded_batch_scores(batch: list[Tensor]) -> list[Tensor]:
+        image_list = ImageList.from_tensors(batch, size_divisibility)
+        mask_cls, mask_pred = network(image_list.tensor)
+        probs = upsampled_semantic_inference(mask_cls, mask_pred, tuple(image_list.tensor.shape[-2:]),
+                                             queries_per_chunk)
+        return [p[:, :h, :w] for p, (h, w) in zip(probs, image_list.image_sizes)]
+
+    if slide_window is None:
+        return padded_batch_scores(images)
+    return slide_inference(images, padded_batch_scores, slide_window, num_classes)
+
+
+def scores_at_input_sizes(scores: list[Tensor], batched_inputs: list[dict]) -> list[dict]:
+    """{"sem_seg": [K, height, width]} per input: resized to its "height"/"width" (default: as is)."""
+    results = []
+    for p, x in zip(scores, batched_inputs):
+        height, width = x.get("height", p.shape[-2]), x.get("width", p.shape[-1])
+        results.append({"sem_seg": sem_seg_postprocess(p, p.shape[-2:], height, width)})
+    return results
 
 
 @META_ARCH_REGISTRY.register()
@@ -135,16 +174,9 @@ class MaskFormer(nn.Module):
         if self.training:
             return self._losses(images, batched_inputs)
         with self._inference_autocast():
-            if self.slide_window is None:
-                probs = self._semantic_probs(images)
-            else:
-                probs = slide_inference(images, self._semantic_probs, self.slide_window,
-                                        self.sem_seg_head.num_classes)
-        results = []
-        for p, x in zip(probs, batched_inputs):
-            height, width = x.get("height", p.shape[-2]), x.get("width", p.shape[-1])
-            results.append({"sem_seg": sem_seg_postprocess(p, p.shape[-2:], height, width)})
-        return results
+            probs = semantic_scores(images, self.crop_outputs, self.sem_seg_head.num_classes,
+                                    self.size_divisibility, self.slide_window, self.queries_per_chunk)
+        return scores_at_input_sizes(probs, batched_inputs)
 
     def _inference_autocast(self) -> contextlib.AbstractContextManager:
         if self.inference_dtype is None:
@@ -152,18 +184,13 @@ class MaskFormer(nn.Module):
         return torch.autocast(self.device.type, dtype=self.inference_dtype)
 
     def _normalize(self, image: Tensor) -> Tensor:
-        if image.dim() != 3 or image.shape[0] != self.pixel_mean.shape[0]:
-            raise ValueError(f"'image' must be [C, H, W] with C={self.pixel_mean.shape[0]} channels "
-                             f"(MODEL.PIXEL_MEAN), got shape {tuple(image.shape)}")
-        return (image.to(self.device) - self.pixel_mean) / self.pixel_std
+        return normalize_image(image, self.pixel_mean, self.pixel_std)
 
-    def _semantic_probs(self, images: list[Tensor]) -> list[Tensor]:
-        """One forward pass over the padded batch -> per image [K, h, w] class scores at its own size."""
-        image_list = ImageList.from_tensors(images, self.size_divisibility)
-        outputs = self.sem_seg_head(self.backbone(image_list.tensor))
-        probs = upsampled_semantic_inference(outputs["pred_logits"], outputs["pred_masks"],
-                                             tuple(image_list.tensor.shape[-2:]), self.queries_per_chunk)
-        return [p[:, :h, :w] for p, (h, w) in zip(probs, image_list.image_sizes)]
+    def crop_outputs(self, padded: Tensor) -> tuple[Tensor, Tensor]:
+        """Final class and mask logits of a padded batch: the network of inference (a `CropNetwork`),
+        what tools/export_onnx.py exports."""
+        outputs = self.sem_seg_head(self.backbone(padded))
+        return outputs["pred_logits"], outputs["pred_masks"]
 
     def _losses(self, images: list[Tensor], batched_inputs: list[dict]) -> dict[str, Tensor]:
         image_list = ImageList.from_tensors(images, self.size_divisibility)

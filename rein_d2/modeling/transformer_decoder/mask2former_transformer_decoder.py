@@ -285,6 +285,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         with torch.no_grad():
             resized = F.interpolate(outputs_mask, size=attn_mask_target_size, mode="bilinear", align_corners=False)
             blocked = resized.sigmoid().flatten(2) < 0.5
-            blocked[blocked.all(dim=-1)] = False
+            # As a product of masks, not an index assignment: it exports to ONNX as And/Not.
+            blocked = blocked & ~blocked.all(dim=-1, keepdim=True)
             attn_mask = blocked.repeat_interleave(self.num_heads, dim=0)
         return outputs_class, outputs_mask, attn_mask

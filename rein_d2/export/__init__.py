@@ -1,0 +1,1 @@
+"""Export of the inference network to ONNX, and inference through an onnxruntime session."""
