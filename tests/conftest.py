@@ -1,7 +1,9 @@
 """Fixtures shared by several test files."""
 import pytest
 
-from rein_d2.data import register_dg_datasets
+from detectron2.data import DatasetCatalog
+
+from rein_d2.data import register_dg_datasets, register_synthetic_dg
 
 
 @pytest.fixture
@@ -10,3 +12,14 @@ def dg_root(tmp_path):
     register_dg_datasets(tmp_path)
     yield tmp_path
     register_dg_datasets()
+
+
+@pytest.fixture(scope="module")
+def synthetic_source_root(tmp_path_factory):
+    """A $DETECTRON2_DATASETS holding the default synthetic source val split, generated beforehand
+    (for train_net.py runs in subprocesses); the default registration comes back after."""
+    root = tmp_path_factory.mktemp("datasets")
+    register_synthetic_dg(root / "synthetic_dg")
+    DatasetCatalog.get("synthetic_dg_source_val")
+    yield root
+    register_synthetic_dg()

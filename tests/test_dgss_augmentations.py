@@ -17,7 +17,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog
 from detectron2.data import transforms as T
 from detectron2.engine import SimpleTrainer, launch
 from detectron2.utils import comm
@@ -283,18 +282,8 @@ def ddp_advstyle_steps(datasets: str, out: str) -> None:
     save_file(trained, str(Path(out) / f"rank{rank}.safetensors"))
 
 
-@pytest.fixture(scope="module")
-def source_split(tmp_path_factory) -> Path:
-    """$DETECTRON2_DATASETS holding the default synthetic source val split."""
-    root = tmp_path_factory.mktemp("datasets")
-    register_synthetic_dg(root / "synthetic_dg")
-    DatasetCatalog.get("synthetic_dg_source_val")
-    yield root
-    register_synthetic_dg()
-
-
-def test_advstyle_under_ddp_keeps_the_processes_in_step(source_split, tmp_path):
-    launch(ddp_advstyle_steps, 2, dist_url="auto", args=(str(source_split), str(tmp_path)))
+def test_advstyle_under_ddp_keeps_the_processes_in_step(synthetic_source_root, tmp_path):
+    launch(ddp_advstyle_steps, 2, dist_url="auto", args=(str(synthetic_source_root), str(tmp_path)))
     ranks = [load_file(tmp_path / f"rank{r}.safetensors") for r in (0, 1)]
     assert ranks[0].keys() == ranks[1].keys() and ranks[0]
     for key in ranks[0]:
@@ -318,12 +307,12 @@ def test_settings_of_a_disabled_augmentation_are_refused(opts, message):
     ("freeze_advstyle_dinov2_large_gta_512.yaml", ["SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.PRECISION", "float16"]),
     ("full_gtr_ltr_dinov2_large_gta_512.yaml", ["INPUT.GTR_LTR.TEXTURE_DIR", "TEXTURES"]),
 ])
-def test_table4_config_trains_through_the_command_line(source_split, textures, tmp_path, config, extra):
+def test_table4_config_trains_through_the_command_line(synthetic_source_root, textures, tmp_path, config, extra):
     out = tmp_path / "run"
     extra = [str(textures) if x == "TEXTURES" else x for x in extra]
     cmd = [sys.executable, str(REPO / "train_net.py"), "--config-file", str(BASELINES / config), *TINY, *SOURCE,
            "SOLVER.MAX_ITER", "2", *extra, "OUTPUT_DIR", str(out)]
-    done = subprocess.run(cmd, env=dict(os.environ, DETECTRON2_DATASETS=str(source_split), OMP_NUM_THREADS="1"),
+    done = subprocess.run(cmd, env=dict(os.environ, DETECTRON2_DATASETS=str(synthetic_source_root), OMP_NUM_THREADS="1"),
                           capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-4000:]
     assert (out / "model_final.pth").is_file()

@@ -11,14 +11,12 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_backbone
 from test_backbone import FAMILIES, tiny_cfg
 from test_train_net import TINY
 
 from rein_d2.checkpoint.compact import CompactCheckpointer
 from rein_d2.config import load_config
-from rein_d2.data import register_synthetic_dg
 from rein_d2.errors import ConfigError
 from rein_d2.modeling.backbone import ReinViT, create_timm_vfm
 from rein_d2.modeling.peft_methods import AdaptFormer, LoRA
@@ -234,23 +232,13 @@ def test_methods_without_tokens_refuse_the_query_link_and_cnns(method):
         build(cfg)
 
 
-@pytest.fixture(scope="module")
-def synthetic_datasets(tmp_path_factory):
-    """$DETECTRON2_DATASETS with the synthetic split the train_net.py run reads, generated beforehand."""
-    root = tmp_path_factory.mktemp("datasets")
-    register_synthetic_dg(root / "synthetic_dg")
-    DatasetCatalog.get("synthetic_dg_source_val")
-    yield root
-    register_synthetic_dg()
-
-
-def test_train_net_trains_lora_from_the_command_line(synthetic_datasets, tmp_path):
+def test_train_net_trains_lora_from_the_command_line(synthetic_source_root, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, str(REPO / "train_net.py"), "--config-file",
            str(REPO / "configs/baselines/lora_dinov2_large_gta_512.yaml"), *TINY,
            "DATASETS.TRAIN", "('synthetic_dg_source_val',)", "DATASETS.TEST", "()",
            "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(out)]
-    env = dict(os.environ, DETECTRON2_DATASETS=str(synthetic_datasets), OMP_NUM_THREADS="1")
+    env = dict(os.environ, DETECTRON2_DATASETS=str(synthetic_source_root), OMP_NUM_THREADS="1")
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-4000:]
     saved = torch.load(out / "model_final.pth", weights_only=True)["model"]
