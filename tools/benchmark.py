@@ -241,7 +241,7 @@ class Benchmark:
         cfg = variant(self.cfg, "rein")
         model = self.rein_model()
         slide = cfg.TEST.SLIDE
-        window = SlideWindow(tuple(slide.CROP_SIZE), tuple(slide.STRIDE), slide.BATCH_SIZE)
+        window = SlideWindow.from_config(slide)
         whole_inputs, slide_inputs = self.images(self.size), self.images(self.slide_size)
 
         def run(window_or_none: SlideWindow | None, inputs: list[dict]) -> None:

@@ -99,7 +99,7 @@ class OnnxSemanticSegmentor:
         if not slide.ENABLED:
             logger.warning("TEST.SLIDE.ENABLED is False, but the ONNX network takes crops of %s only: running the "
                            "sliding window of TEST.SLIDE", list(slide.CROP_SIZE))
-        window = SlideWindow(tuple(slide.CROP_SIZE), tuple(slide.STRIDE), slide.BATCH_SIZE)
+        window = SlideWindow.from_config(slide)
         return cls(session, window, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD, exported[
             "MODEL.SEM_SEG_HEAD.NUM_CLASSES"], size_divisibility)
 

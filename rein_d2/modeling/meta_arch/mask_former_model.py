@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ...errors import ConfigError
-from ...utils.precision import autocast_dtype
+from ...utils.precision import inference_autocast_dtype
 from ..criterion import SetCriterion
 from .sliding_window import SlideWindow, slide_inference
 from .targets import instance_targets, semantic_targets
@@ -157,10 +157,8 @@ class MaskFormer(nn.Module):
             "size_divisibility": padding_divisor(mf.SIZE_DIVISIBILITY, backbone.size_divisibility),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
-            "slide_window": (SlideWindow(tuple(slide.CROP_SIZE), tuple(slide.STRIDE), slide.BATCH_SIZE)
-                             if slide.ENABLED else None),
-            "inference_dtype": (autocast_dtype(cfg.TEST.AMP.PRECISION, "TEST.AMP.PRECISION")
-                                if cfg.TEST.AMP.ENABLED else None),
+            "slide_window": SlideWindow.from_config(slide) if slide.ENABLED else None,
+            "inference_dtype": inference_autocast_dtype(cfg),
         }
 
     @property

@@ -19,7 +19,7 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from torch import Tensor
 
-from ...utils.precision import autocast_dtype
+from ...utils.precision import inference_autocast_dtype
 from .sliding_window import SlideWindow, slide_inference
 
 
@@ -41,13 +41,12 @@ class SlidingSemanticSegmentor(SemanticSegmentor):
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict:
-        slide, amp = cfg.TEST.SLIDE, cfg.TEST.AMP
+        slide = cfg.TEST.SLIDE
         return {
             **super().from_config(cfg),
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-            "slide_window": (SlideWindow(tuple(slide.CROP_SIZE), tuple(slide.STRIDE), slide.BATCH_SIZE)
-                             if slide.ENABLED else None),
-            "inference_dtype": autocast_dtype(amp.PRECISION, "TEST.AMP.PRECISION") if amp.ENABLED else None,
+            "slide_window": SlideWindow.from_config(slide) if slide.ENABLED else None,
+            "inference_dtype": inference_autocast_dtype(cfg),
         }
 
     def forward(self, batched_inputs: list[dict]) -> list[dict] | dict[str, Tensor]:

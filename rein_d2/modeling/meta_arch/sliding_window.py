@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from detectron2.config import CfgNode
 from torch import Tensor
 from torch.nn import functional as F
 
@@ -26,6 +27,11 @@ class SlideWindow:
     crop_size: tuple[int, int]
     stride: tuple[int, int]
     batch_size: int = 4
+
+    @classmethod
+    def from_config(cls, slide: CfgNode) -> SlideWindow:
+        """The window of a config's TEST.SLIDE (whether or not TEST.SLIDE.ENABLED)."""
+        return cls(tuple(slide.CROP_SIZE), tuple(slide.STRIDE), slide.BATCH_SIZE)
 
     def __post_init__(self) -> None:
         if len(self.crop_size) != 2 or len(self.stride) != 2 or min(*self.crop_size, *self.stride) <= 0:
