@@ -166,8 +166,9 @@ def add_peft_config(cfg: CN) -> None:
     """MODEL.PEFT: the PEFT baselines of the paper's Table 4 that MODEL.REIN.NAME selects instead of Rein,
     with their papers' settings (rein_d2/modeling/peft_methods/)."""
     peft = cfg.MODEL.PEFT = CN()
-    # "LoRA": low-rank updates of every block's query and value projections, alpha / rank their scale
-    # (alpha: the `peft` library's default lora_alpha).
+    # "LoRA": low-rank updates of every block's projections named in LORA_PROJECTIONS ("query", "key",
+    # "value"), alpha / rank their scale (alpha: the `peft` library's default lora_alpha).
+    peft.LORA_PROJECTIONS = ["query", "value"]
     peft.LORA_RANK = 8
     peft.LORA_ALPHA = 8.0
     peft.LORA_DROPOUT = 0.1

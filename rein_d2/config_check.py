@@ -32,6 +32,12 @@ def _semantic(cfg: CfgNode) -> bool:
     return cfg.MODEL.META_ARCHITECTURE in SEMANTIC_META_ARCHITECTURES
 
 
+def _refines_with(cfg: CfgNode, method: str) -> bool:
+    """Whether the backbone attaches the refinement `method` (MODEL.REIN.NAME in fine-tune mode "rein")."""
+    finetune = cfg.MODEL.CNN.FINETUNE if cfg.MODEL.BACKBONE.NAME == "ReinCNN" else cfg.MODEL.VIT.FINETUNE
+    return finetune == "rein" and cfg.MODEL.REIN.NAME == method
+
+
 @dataclass(frozen=True)
 class InertKeys:
     """Keys (full names, or sections ending in '.') that nothing reads while `applies(cfg)`."""
@@ -39,6 +45,13 @@ class InertKeys:
     keys: tuple[str, ...]
     reason: str
     applies: Callable[[CfgNode], bool] = _semantic
+
+
+def _peft_keys(method: str, *names: str) -> InertKeys:
+    """MODEL.PEFT.<name> configure `method` alone."""
+    return InertKeys(tuple(f"MODEL.PEFT.{name}" for name in names),
+                     f"read only by the {method} refinement (MODEL.REIN.NAME {method!r} with fine-tune mode 'rein')",
+                     lambda cfg: not _refines_with(cfg, method))
 
 
 RULES: tuple[InertKeys, ...] = (
@@ -99,6 +112,9 @@ RULES: tuple[InertKeys, ...] = (
               "texture randomisation is off (INPUT.GTR_LTR.ENABLED False)", lambda cfg: not cfg.INPUT.GTR_LTR.ENABLED),
     InertKeys(("MODEL.ADVSTYLE.LR", "MODEL.ADVSTYLE.STEPS"),
               "AdvStyle is off (MODEL.ADVSTYLE.ENABLED False)", lambda cfg: not cfg.MODEL.ADVSTYLE.ENABLED),
+    _peft_keys("LoRA", "LORA_PROJECTIONS", "LORA_RANK", "LORA_ALPHA", "LORA_DROPOUT"),
+    _peft_keys("AdaptFormer", "ADAPTFORMER_BOTTLENECK", "ADAPTFORMER_SCALE", "ADAPTFORMER_DROPOUT"),
+    _peft_keys("VPT", "VPT_TOKENS", "VPT_DROPOUT"),
     InertKeys(("TEST.AUG.MIN_SIZES", "TEST.AUG.MAX_SIZE", "TEST.AUG.FLIP"),
               "test-time augmentation is off (TEST.AUG.ENABLED False)", lambda cfg: not cfg.TEST.AUG.ENABLED),
     InertKeys(("TEST.EXPECTED_RESULTS",),

@@ -20,6 +20,7 @@ from rein_d2.config import load_config
 from rein_d2.errors import ConfigError
 from rein_d2.modeling.backbone import ReinViT, create_timm_vfm
 from rein_d2.modeling.peft_methods import AdaptFormer, LoRA
+from rein_d2.modeling.peft_methods.lora import projection_outputs
 
 REPO = Path(__file__).resolve().parent.parent
 METHODS = ("LoRA", "AdaptFormer", "VPT")
@@ -69,10 +70,11 @@ def test_each_method_trains_only_its_own_parameters(method, family):
     assert [n for n, p in trainable.items() if torch.equal(p, own[n])] == []
 
 
-def paper_count(method, layers=24, dims=1024):
-    """Trainable parameters worked out by hand (Table 4's settings)."""
+def paper_count(method, vfm="dinov2", layers=24, dims=1024):
+    """Trainable parameters worked out by hand (Table 4's settings; LoRA on EVA02-L: q, k and v)."""
     rank, bottleneck, tokens = 8, 64, 150
-    return {"LoRA": layers * 2 * (dims * rank + rank * dims),  # A and B of the query and the value
+    projections = 3 if vfm == "eva02" else 2
+    return {"LoRA": layers * projections * (dims * rank + rank * dims),  # A and B of each projection
             "AdaptFormer": layers * (dims * bottleneck + bottleneck + bottleneck * dims + dims),
             "VPT": layers * tokens * dims}[method]
 
@@ -85,8 +87,48 @@ def test_large_configs_have_the_papers_trainable_parameters(method, vfm):
     with torch.device("meta"):
         backbone = build_backbone(cfg)
     assert len(backbone.vit.blocks) == 24 and backbone.embed_dim == 1024
-    assert sum(p.numel() for p in backbone.parameters() if p.requires_grad) == paper_count(method)
-    assert {"LoRA": 786_432, "AdaptFormer": 3_171_840, "VPT": 3_686_400}[method] == paper_count(method)
+    assert sum(p.numel() for p in backbone.parameters() if p.requires_grad) == paper_count(method, vfm)
+    # The paper's Table 4, in millions: 0.79 / 1.18 (LoRA on DINOv2-L / EVA02-L), 3.17, 3.69.
+    paper = {("LoRA", "dinov2"): 0.79, ("LoRA", "eva02"): 1.18}.get((method, vfm), {"AdaptFormer": 3.17, "VPT": 3.69}.get(method))
+    assert round(paper_count(method, vfm) / 1e6, 2) == paper
+
+
+@pytest.mark.parametrize("family", ["dinov2", "eva02"])  # a fused qkv; separate q_proj / k_proj / v_proj
+def test_lora_updates_exactly_the_chosen_projections(family):
+    """Key only: the query and value outputs stay the frozen ones, the key gets B A x * scale."""
+    backbone = build(method_cfg("LoRA", family, LORA_PROJECTIONS=["key"])).eval()
+    assert set(backbone.reins.layers[0]) == {"key"}
+    update = backbone.reins.layers[0]["key"]
+    with torch.no_grad():
+        update.lora_B.weight.normal_()
+    x = torch.randn(2, 5, 32)
+    for name, (linear, out_slice) in projection_outputs(backbone.vit.blocks[0].attn).items():
+        frozen = torch.nn.functional.linear(x, linear.weight, linear.bias)[..., out_slice]
+        updated = linear(x)[..., out_slice]
+        if name == "key":
+            torch.testing.assert_close(updated - frozen, update.lora_B(update.lora_A(x)) * update.scaling)
+        else:
+            assert torch.equal(updated, frozen), name
+
+
+@pytest.mark.parametrize("projections", [["query", "query"], ["keys"], []])
+def test_lora_refuses_unknown_or_repeated_projections(projections):
+    with pytest.raises(ConfigError, match="LORA_PROJECTIONS"):
+        build(method_cfg("LoRA", LORA_PROJECTIONS=projections))
+
+
+@pytest.mark.parametrize("key, value, method", [("MODEL.PEFT.LORA_RANK", "4", "lora"),
+                                                ("MODEL.PEFT.VPT_TOKENS", "10", "vpt"),
+                                                ("MODEL.PEFT.ADAPTFORMER_BOTTLENECK", "32", "adaptformer")])
+def test_a_methods_settings_are_refused_where_it_is_not_built(key, value, method):
+    """Rein's config builds none of LoRA, VPT, AdaptFormer, nor does a frozen backbone: their keys would be ignored."""
+    message = rf"{key.replace('.', '[.]')} = {value} .*read only by the"
+    with pytest.raises(ConfigError, match=message):
+        load_config(str(REPO / "configs/dinov2/rein_dinov2_large_gta_512.yaml"), [key, value])
+    config = str(REPO / f"configs/baselines/{method}_dinov2_large_gta_512.yaml")
+    with pytest.raises(ConfigError, match=message):
+        load_config(config, ["MODEL.VIT.FINETUNE", "freeze", key, value])
+    assert str(load_config(config, [key, value]).MODEL.PEFT[key.rsplit(".", 1)[1]]) == value
 
 
 def unit_layer_scales(backbone):
@@ -207,7 +249,7 @@ def test_lora_refuses_an_attention_that_bypasses_its_projections():
     """timm's EVA with a fused qkv and separate q / v biases computes F.linear(x, qkv.weight, ...)."""
     vit = create_timm_vfm("eva02_large_patch14_224", 16, 64, embed_dim=32, depth=4, num_heads=2, qkv_fused=True)
     backbone = ReinViT(vit=vit, patch_size=16, out_indices=[0, 1, 2, 3], peft=LoRA(4, 32, rank=4))
-    with pytest.raises(ConfigError, match="block 0's attention did not call its query / value projection"):
+    with pytest.raises(ConfigError, match="block 0's attention did not call its projection modules"):
         backbone(torch.randn(1, 3, 64, 64))
 
 
@@ -256,12 +298,18 @@ def method_table():
 
 
 def test_method_table_lists_the_counts_built_from_the_configs(method_table):
-    rows = {re.search(r"`(\S+\.yaml)`", line)[1]: line for line in method_table.splitlines() if ".yaml" in line}
+    """Every row of Tables 4 and 14 has a config whose built count is the paper's, to its two decimals."""
+    rows = [line for line in method_table.splitlines() if ".yaml" in line]
+    assert len(rows) == 2 * 12 + 2 * 3
+    for line in rows:
+        built, paper = re.search(r"\| ([\d.]+)M \(([\d,]+)\) \| ([\d.]+)M, ", line).group(2, 3)
+        assert f"{int(built.replace(',', '')) / 1e6:.2f}" == paper, line
+    by_config = {re.search(r"`(\S+\.yaml)`", line)[1]: line for line in rows}
     for method in METHODS:
         for vfm in ("dinov2", "eva02"):
-            assert f"({paper_count(method):,})" in rows[f"baselines/{method.lower()}_{vfm}_large_gta_512.yaml"]
-    assert "(2,990,081)" in rows["dinov2/rein_dinov2_large_gta_512.yaml"]  # the paper's 2.99M
-    assert "| 0.00M (0) | 63.3 / 56.1 / 63.9 |" in rows["baselines/freeze_dinov2_large_gta_512.yaml"]
+            assert f"({paper_count(method, vfm):,})" in by_config[f"baselines/{method.lower()}_{vfm}_large_gta_512.yaml"]
+    assert "(2,990,081)" in by_config["dinov2/rein_dinov2_large_gta_512.yaml"]  # the paper's 2.99M
+    assert "| 0.00M (0) | 0.00M, 63.3 / 56.1 / 63.9 |" in by_config["baselines/freeze_dinov2_large_gta_512.yaml"]
 
 
 def test_readme_method_table_is_the_tools_output(method_table):

@@ -68,10 +68,11 @@ def _without_query_link(cfg: CfgNode) -> None:
 
 @PEFT_REGISTRY.register()
 def LoRA(cfg: CfgNode, num_layers: int, embed_dims: int, patch_size: int) -> nn.Module:  # noqa: N802
-    """LoRA on every block's query and value projections (Table 4: rank 8)."""
+    """LoRA on every block's query and value projections (Table 4: rank 8), or those of LORA_PROJECTIONS."""
     _without_query_link(cfg)
     p = cfg.MODEL.PEFT
-    return peft_methods.LoRA(num_layers, embed_dims, rank=p.LORA_RANK, alpha=p.LORA_ALPHA, dropout=p.LORA_DROPOUT)
+    return peft_methods.LoRA(num_layers, embed_dims, rank=p.LORA_RANK, alpha=p.LORA_ALPHA, dropout=p.LORA_DROPOUT,
+                             projections=p.LORA_PROJECTIONS)
 
 
 @PEFT_REGISTRY.register()

@@ -1,9 +1,9 @@
-"""LoRA (Hu et al., ICLR 2022) on the query and value projections of a frozen ViT.
+"""LoRA (Hu et al., ICLR 2022) on the query and value (or query, key and value) projections of a frozen ViT.
 
 timm's attention modules project queries, keys and values either with one fused `qkv` Linear
 (DINOv2, CLIP, MAE, SAM: the output's thirds are q, k, v) or with separate `q_proj`, `k_proj`,
 `v_proj` Linears (EVA02). Either way a forward hook on the Linear adds the low-rank update
-`alpha / rank * B A dropout(x)` to the query and value outputs, so the VFM keeps its modules and
+`alpha / rank * B A dropout(x)` to the chosen projections' outputs, so the VFM keeps its modules and
 parameter names (its weights files and compact checkpoints still fit) and the update's parameters
 live here. B starts at zero: at initialisation the model is exactly the frozen backbone. The
 `peft` library wraps whole Linear modules (renaming their weights) and cannot address the q and v
@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from ...errors import ConfigError
 
-PROJECTIONS = ("query", "value")
+PROJECTIONS = ("query", "key", "value")  # in the order of a fused qkv's output
 
 
 class LowRankUpdate(nn.Module):
@@ -37,39 +37,47 @@ class LowRankUpdate(nn.Module):
         return self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
 
 
-def query_value_outputs(attn: nn.Module) -> dict[str, tuple[nn.Linear, slice]]:
-    """The Linear that computes each of the query and value, and the slice of its output that holds it."""
-    q_proj, v_proj = getattr(attn, "q_proj", None), getattr(attn, "v_proj", None)
-    if isinstance(q_proj, nn.Linear) and isinstance(v_proj, nn.Linear):
-        return {"query": (q_proj, slice(None)), "value": (v_proj, slice(None))}
+def projection_outputs(attn: nn.Module) -> dict[str, tuple[nn.Linear, slice]]:
+    """The Linear that computes each of the query, key and value, and the slice of its output that holds it."""
+    separate = [getattr(attn, f"{name[0]}_proj", None) for name in PROJECTIONS]
+    if all(isinstance(linear, nn.Linear) for linear in separate):
+        return {name: (linear, slice(None)) for name, linear in zip(PROJECTIONS, separate)}
     qkv = getattr(attn, "qkv", None)
     if isinstance(qkv, nn.Linear) and qkv.out_features % 3 == 0:
         width = qkv.out_features // 3
-        return {"query": (qkv, slice(0, width)), "value": (qkv, slice(2 * width, None))}
-    raise ConfigError(f"LoRA: the attention {type(attn).__name__} has neither q_proj / v_proj Linears nor a fused "
-                      "qkv Linear, the two layouts of timm's ViTs; LoRA cannot find its query and value projections")
+        return {name: (qkv, slice(i * width, (i + 1) * width)) for i, name in enumerate(PROJECTIONS)}
+    raise ConfigError(f"LoRA: the attention {type(attn).__name__} has neither q_proj / k_proj / v_proj Linears nor a "
+                      "fused qkv Linear, the two layouts of timm's ViTs; LoRA cannot find its projections")
 
 
 class LoRA(nn.Module):
-    """One low-rank update of the query and one of the value projection per block."""
+    """One low-rank update per block of each projection in `projections` (query and value by default)."""
 
     def __init__(self, num_layers: int, embed_dims: int, rank: int = 8, alpha: float = 8.0,
-                 dropout: float = 0.1) -> None:
+                 dropout: float = 0.1, projections: Sequence[str] = ("query", "value")) -> None:
         super().__init__()
         if rank < 1:
             raise ConfigError(f"LoRA needs a rank >= 1, got {rank}")
+        unknown = [name for name in projections if name not in PROJECTIONS]
+        if unknown or not projections or len(set(projections)) != len(projections):
+            raise ConfigError(f"LoRA projections {list(projections)}: name each of {list(PROJECTIONS)} at most once, "
+                              "and at least one (MODEL.PEFT.LORA_PROJECTIONS)")
         self.num_layers = num_layers
         self.embed_dims = embed_dims
+        self.projections = tuple(projections)
         self.layers = nn.ModuleList(
-            nn.ModuleDict({name: LowRankUpdate(embed_dims, embed_dims, rank, alpha, dropout) for name in PROJECTIONS})
+            nn.ModuleDict({name: LowRankUpdate(embed_dims, embed_dims, rank, alpha, dropout)
+                           for name in self.projections})
             for _ in range(num_layers))
         # Blocks whose projections have been updated since the block started (see `forward`).
         self._updated: set[int] = set()
 
     def attach(self, blocks: Sequence[nn.Module]) -> None:
-        """A forward hook on each block's query and value projection (called once, at build time)."""
+        """A forward hook on each block's chosen projections (called once, at build time)."""
         for layer, block in enumerate(blocks):
-            for name, (linear, out_slice) in query_value_outputs(block.attn).items():
+            outputs = projection_outputs(block.attn)
+            for name in self.projections:
+                linear, out_slice = outputs[name]
                 width = len(range(linear.out_features)[out_slice])
                 if (linear.in_features, width) != (self.embed_dims, self.embed_dims):
                     raise ConfigError(f"LoRA: block {layer}'s {name} projection maps {linear.in_features} to {width} "
@@ -87,9 +95,9 @@ class LoRA(nn.Module):
         the projections LoRA hooks into. One that reads their weights instead (timm's EVA with a fused qkv
         and separate q / v biases) would otherwise run without LoRA, silently."""
         if layer not in self._updated:
-            raise ConfigError(f"LoRA: block {layer}'s attention did not call its query / value projection modules "
+            raise ConfigError(f"LoRA: block {layer}'s attention did not call its projection modules "
                               "(it uses their weights directly, as timm's EVA with a fused qkv and separate biases "
-                              "does), so LoRA cannot update them; build the model with separate q / v projections")
+                              "does), so LoRA cannot update them; build the model with separate q / k / v projections")
         self._updated.discard(layer)
         return tokens
 
