@@ -18,7 +18,7 @@ demo: $(INSTALLED)
 	$(PY) tools/quickstart.py
 
 test: $(INSTALLED)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto --dist loadfile tests
 
 clean-venv:
 	rm -rf $(VENV)

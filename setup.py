@@ -36,7 +36,8 @@ setup(
         "numba",
         "scikit-image",
     ],
+    # pytest-xdist: `make test` runs the tests in one process per core.
     # addict, rich, termcolor, yapf: what mmengine (installed by tools/bootstrap.py --tests without
     # its GUI OpenCV requirement) imports; its matplotlib, numpy and pyyaml come with the above.
-    extras_require={"onnx": ONNX, "test": ["pytest", "addict", "rich", "termcolor", "yapf", *ONNX]},
+    extras_require={"onnx": ONNX, "test": ["pytest", "pytest-xdist", "addict", "rich", "termcolor", "yapf", *ONNX]},
 )

@@ -1,9 +1,24 @@
-"""Fixtures shared by several test files."""
-import pytest
+"""Fixtures shared by several test files; the cores shared among pytest-xdist's workers."""
+import os
 
+import pytest
+import torch
 from detectron2.data import DatasetCatalog
 
 from rein_d2.data import register_dg_datasets, register_synthetic_dg
+
+
+def _share_cores_among_workers() -> None:
+    """Under `pytest -n N`, each worker (and the commands its tests start) computes on its share of
+    the cores: N processes each spinning up an OpenMP pool of every core would contend for them."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+_share_cores_among_workers()
 
 
 @pytest.fixture
