@@ -1,58 +1,160 @@
 """Multi-scale deformable attention (Deformable DETR) in pure PyTorch.
 
-No compiled op: `F.grid_sample` (bilinear, zero padding, align_corners=False) samples
-exactly what the official CUDA kernel samples. A location l in [0, 1] reads pixel
-l * size - 0.5 of its level, bilinearly, with zeros outside the map; autograd gives the
-gradients with respect to values, locations and weights. Like the CUDA kernel, training
-keeps only the inputs: the samples [N*M, D, Q, P], the pixel decoder's largest activations,
-are recomputed in the backward pass (torch.utils.checkpoint), a small cost in time.
+No compiled op. A location l in [0, 1] reads pixel l * size - 0.5 of its level, bilinearly,
+with zeros outside the map, as the official CUDA kernel (and `grid_sample` with
+align_corners=False and zero padding) does. Every sampling point becomes its four
+neighbouring rows of the value table [N*S*M, D] (value_proj's output as it is: image,
+position, head) with their weights (bilinear x attention, zero outside the map), and one
+`embedding_bag` sums, for every query and head, the weighted rows of all its levels and
+points: no layout copy of the values, one call for all heads, levels and points. Autograd
+gives the gradients with respect to values, locations and weights. Like the CUDA kernel,
+training keeps only the inputs: rows and weights are recomputed in the backward pass
+(torch.utils.checkpoint).
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
+from ...utils.tensor_cache import size_cache
 
-def _weighted_samples(level_value: Tensor, grid: Tensor, weights: Tensor) -> Tensor:
-    """One level: bilinear samples [N*M, D, Q, P] at `grid`, summed over points with `weights` -> [N*M, D, Q]."""
-    sampled = F.grid_sample(level_value, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return torch.einsum("bdqp,bqp->bdq", sampled, weights)
+# The four neighbours of a point, in the order of `bilinear_taps`: (dy, dx).
+CORNERS = 4
+
+
+class LevelColumns(NamedTuple):
+    """Constants of each sampling column (head m, level l, point p), flattened in that order."""
+
+    last_x: Tensor  # W_l - 1, the last pixel column of the level
+    last_y: Tensor  # H_l - 1
+    row_base: Tensor  # int32: the level's first row for head m in one image's value table, start_l * M + m
+    row_step: Tensor  # int32: rows between two pixel rows of the level, W_l * M
+
+
+@size_cache()
+def level_columns(spatial_shapes: tuple[tuple[int, int], ...], heads: int, points: int, device: torch.device,
+                  dtype: torch.dtype) -> LevelColumns:
+    starts = [0]
+    for h, w in spatial_shapes[:-1]:
+        starts.append(starts[-1] + h * w)
+
+    def per_column(values: list[int], head_offset: bool = False, column_dtype: torch.dtype = dtype) -> Tensor:
+        grid = torch.tensor(values, dtype=torch.int64, device=device)[None, :, None]
+        if head_offset:
+            grid = grid + torch.arange(heads, device=device)[:, None, None]
+        return grid.expand(heads, len(spatial_shapes), points).reshape(-1).to(column_dtype)
+
+    return LevelColumns(per_column([w - 1 for _, w in spatial_shapes]),
+                        per_column([h - 1 for h, _ in spatial_shapes]),
+                        per_column([s * heads for s in starts], head_offset=True, column_dtype=torch.int32),
+                        per_column([w * heads for _, w in spatial_shapes], column_dtype=torch.int32))
+
+
+def bilinear_taps(x: Tensor, y: Tensor, weights: Tensor, columns: LevelColumns, heads: int,
+                  positions: int) -> tuple[Tensor, Tensor]:
+    """Rows of the value table [N*S*M, D] and their weights, 4 per sampling point: [N, Q, C, 4] each.
+
+    x, y: pixel coordinates (centres at integers) and weights [N, Q, C], C = M*L*P columns.
+    A neighbour outside its level gets weight 0 and some valid row.
+    """
+    x0, y0 = x.floor(), y.floor()
+    fx, fy = x - x0, y - y0
+    wx0 = torch.where((x0 >= 0) & (x0 <= columns.last_x), 1 - fx, 0.0)
+    wx1 = torch.where((x0 >= -1) & (x0 < columns.last_x), fx, 0.0)
+    wy0 = torch.where((y0 >= 0) & (y0 <= columns.last_y), 1 - fy, 0.0) * weights
+    wy1 = torch.where((y0 >= -1) & (y0 < columns.last_y), fy, 0.0) * weights
+    taps = torch.stack([wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1], dim=-1)
+    n = x.shape[0]
+    image_base = torch.arange(n, dtype=torch.int32, device=x.device)[:, None, None] * (positions * heads)
+    first = y0.to(torch.int32) * columns.row_step + x0.to(torch.int32) * heads + (columns.row_base + image_base)
+    below = first + columns.row_step
+    rows = torch.stack([first, first + heads, below, below + heads], dim=-1).clamp_(0, n * positions * heads - 1)
+    return rows, taps
+
+
+def weighted_rows(table: Tensor, rows: Tensor, taps: Tensor) -> Tensor:
+    """sum_k taps[b, k] * table[rows[b, k]] -> [B, D]: one embedding_bag; traced for ONNX (which has
+    no such operator) a gather and a batched product."""
+    if torch.jit.is_tracing():
+        return torch.matmul(taps.unsqueeze(-2), F.embedding(rows, table)).squeeze(-2)
+    return F.embedding_bag(rows, table, mode="sum", per_sample_weights=taps)
+
+
+def _sample_levels(value: Tensor, x: Tensor, y: Tensor, weights: Tensor,
+                   spatial_shapes: tuple[tuple[int, int], ...], points: int) -> Tensor:
+    n, positions, heads, dim = value.shape
+    queries = x.shape[1]
+    columns = level_columns(spatial_shapes, heads, points, x.device, x.dtype)
+    rows, taps = bilinear_taps(x, y, weights, columns, heads, positions)
+    bags = n * queries * heads
+    out = weighted_rows(value.reshape(n * positions * heads, dim), rows.view(bags, -1), taps.view(bags, -1))
+    return out.view(n, queries, heads * dim)
+
+
+def sample_levels(value: Tensor, x: Tensor, y: Tensor, weights: Tensor, spatial_shapes: Sequence[tuple[int, int]],
+                  points: int) -> Tensor:
+    """Weighted sum of bilinear samples over levels and points, per query and head.
+
+    value [N, S, M, D] (levels flattened row-major and concatenated, S = sum H*W);
+    x, y [N, Q, C] pixel coordinates of every sampling column (head, level, point; C = M*L*P;
+    pixel centres at integers) and weights [N, Q, C]. Returns [N, Q, M * D].
+    """
+    shapes = tuple((int(h), int(w)) for h, w in spatial_shapes)
+    n, positions, heads, _ = value.shape
+    if sum(h * w for h, w in shapes) != positions or x.shape[-1] != heads * len(shapes) * points:
+        raise ValueError(f"ms_deform_attn: spatial_shapes {list(shapes)} give {len(shapes)} levels and "
+                         f"{sum(h * w for h, w in shapes)} positions, but value has {positions} positions and "
+                         f"the sampling columns are {x.shape[-1]}, not {heads} heads x {len(shapes)} levels x "
+                         f"{points} points")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (value, x, y, weights)):
+        return checkpoint(_sample_levels, value, x, y, weights, shapes, points, use_reentrant=False)
+    return _sample_levels(value, x, y, weights, shapes, points)
+
+
+def level_sizes(spatial_shapes: Sequence[tuple[int, int]], like: Tensor) -> Tensor:
+    """[L, 2] (W, H) of every level: the normaliser of locations and offsets."""
+    return torch.tensor([[w, h] for h, w in spatial_shapes], dtype=like.dtype, device=like.device)
 
 
 def ms_deform_attn(value: Tensor, spatial_shapes: Sequence[tuple[int, int]], sampling_locations: Tensor,
                    attention_weights: Tensor) -> Tensor:
-    """Weighted sum of bilinear samples over levels and points.
-
-    value [N, S, M, D] (levels flattened row-major and concatenated, S = sum H*W),
-    spatial_shapes [(H, W)] per level, sampling_locations [N, Q, M, L, P, 2] as (x, y)
-    in [0, 1], attention_weights [N, Q, M, L, P]. Returns [N, Q, M * D].
+    """The official op's interface: value [N, S, M, D], spatial_shapes [(H, W)] per level,
+    sampling_locations [N, Q, M, L, P, 2] as (x, y) in [0, 1], attention_weights [N, Q, M, L, P].
+    Returns [N, Q, M * D].
     """
-    n, total, heads, dim = value.shape
-    _, queries, _, levels, points, _ = sampling_locations.shape
-    sizes = [h * w for h, w in spatial_shapes]
-    if len(sizes) != levels or sum(sizes) != total:
-        raise ValueError(f"ms_deform_attn: spatial_shapes {list(spatial_shapes)} give {len(sizes)} levels and "
-                         f"{sum(sizes)} positions, but sampling_locations have {levels} levels and value has "
-                         f"{total} positions")
-    # Heads join the batch; grid_sample wants coordinates in [-1, 1].
-    grids = (2 * sampling_locations - 1).transpose(1, 2).flatten(0, 1)  # [N*M, Q, L, P, 2]
-    weights = attention_weights.transpose(1, 2).flatten(0, 1)  # [N*M, Q, L, P]
-    recompute = torch.is_grad_enabled() and any(t.requires_grad for t in (value, sampling_locations,
-                                                                          attention_weights))
-    out = value.new_zeros(n * heads, dim, queries)
-    for level, ((h, w), level_value) in enumerate(zip(spatial_shapes, value.split(sizes, dim=1))):
-        level_value = level_value.permute(0, 2, 3, 1).reshape(n * heads, dim, h, w)
-        inputs = (level_value, grids[:, :, level], weights[:, :, level])
-        if recompute:
-            out = out + checkpoint(_weighted_samples, *inputs, use_reentrant=False)
-        else:
-            out = out + _weighted_samples(*inputs)
-    return out.view(n, heads * dim, queries).transpose(1, 2)
+    n, queries, _, levels, points, _ = sampling_locations.shape
+    if len(spatial_shapes) != levels:
+        raise ValueError(f"ms_deform_attn: spatial_shapes {list(spatial_shapes)} give {len(spatial_shapes)} levels, "
+                         f"but sampling_locations have {levels} levels")
+    pixels = sampling_locations * level_sizes(spatial_shapes, sampling_locations)[:, None, :] - 0.5
+    return sample_levels(value, pixels[..., 0].reshape(n, queries, -1), pixels[..., 1].reshape(n, queries, -1),
+                         attention_weights.reshape(n, queries, -1), spatial_shapes, points)
+
+
+class SamplingReference(NamedTuple):
+    """Reference points in pixels of every sampling column: x, y [N or 1, Q, M*L*P] (columns head,
+    level, point), location * size - 0.5 of each level; offsets in pixels add to them directly."""
+
+    x: Tensor
+    y: Tensor
+
+    @classmethod
+    def from_points(cls, reference_points: Tensor, spatial_shapes: Sequence[tuple[int, int]], heads: int,
+                    points: int) -> SamplingReference:
+        """From normalised (x, y) reference points [N, Q, L, 2]."""
+        n, queries, levels, _ = reference_points.shape
+        pixels = reference_points * level_sizes(spatial_shapes, reference_points) - 0.5
+
+        def columns(coordinate: Tensor) -> Tensor:
+            return coordinate[:, :, None, :, None].expand(n, queries, heads, levels, points).reshape(n, queries, -1)
+
+        return cls(columns(pixels[..., 0]), columns(pixels[..., 1]))
 
 
 class MSDeformAttn(nn.Module):
@@ -92,18 +194,35 @@ class MSDeformAttn(nn.Module):
         nn.init.xavier_uniform_(self.output_proj.weight)
         nn.init.zeros_(self.output_proj.bias)
 
-    def forward(self, query: Tensor, reference_points: Tensor, input_flatten: Tensor,
+    @property
+    def columns(self) -> int:
+        """Sampling columns per query: heads x levels x points."""
+        return self.n_heads * self.n_levels * self.n_points
+
+    def query_projection(self) -> tuple[Tensor, Tensor]:
+        """sampling_offsets and attention_weights as one Linear's weight and bias, built from the
+        parameters at every call (a copy of a few thousand numbers): x offsets, y offsets, then
+        attention logits, so one matrix product serves both and x and y come out unstrided."""
+        c = self.columns
+        offsets_weight = self.sampling_offsets.weight.view(c, 2, -1).transpose(0, 1).reshape(2 * c, -1)
+        offsets_bias = self.sampling_offsets.bias.view(c, 2).t().reshape(-1)
+        return (torch.cat([offsets_weight, self.attention_weights.weight]),
+                torch.cat([offsets_bias, self.attention_weights.bias]))
+
+    def forward(self, query: Tensor, reference_points: Tensor | SamplingReference, input_flatten: Tensor,
                 spatial_shapes: Sequence[tuple[int, int]]) -> Tensor:
-        """query [N, Q, C], reference_points [N, Q, L, 2] (x, y in [0, 1]), input_flatten [N, S, C]."""
+        """query [N, Q, C], input_flatten [N, S, C]; reference_points [N, Q, L, 2] (x, y in [0, 1]), or
+        already a `SamplingReference` (the encoder's, computed once per input size)."""
         n, num_queries, _ = query.shape
-        if reference_points.shape[-1] != 2:
-            raise ValueError("MSDeformAttn: reference_points must be (x, y) points, last dim 2; "
-                             f"got shape {tuple(reference_points.shape)}")
+        if not isinstance(reference_points, SamplingReference):
+            if reference_points.shape[-1] != 2:
+                raise ValueError("MSDeformAttn: reference_points must be (x, y) points, last dim 2; "
+                                 f"got shape {tuple(reference_points.shape)}")
+            reference_points = SamplingReference.from_points(reference_points, spatial_shapes, self.n_heads,
+                                                             self.n_points)
         value = self.value_proj(input_flatten).view(n, input_flatten.shape[1], self.n_heads, -1)
-        offsets = self.sampling_offsets(query).view(n, num_queries, self.n_heads, self.n_levels, self.n_points, 2)
-        weights = self.attention_weights(query).view(n, num_queries, self.n_heads, self.n_levels * self.n_points)
-        weights = weights.softmax(-1).view(n, num_queries, self.n_heads, self.n_levels, self.n_points)
-        # Offsets are in pixels of their level: normalise by (W, H).
-        level_sizes = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device)
-        locations = reference_points[:, :, None, :, None, :] + offsets / level_sizes[None, None, None, :, None, :]
-        return self.output_proj(ms_deform_attn(value, spatial_shapes, locations, weights))
+        offsets_x, offsets_y, logits = F.linear(query, *self.query_projection()).split(self.columns, dim=-1)
+        weights = logits.reshape(n, num_queries, self.n_heads, -1).softmax(-1).view(n, num_queries, -1)
+        # Offsets are in pixels of their level, which is where the reference already is.
+        x, y = reference_points.x + offsets_x, reference_points.y + offsets_y
+        return self.output_proj(sample_levels(value, x, y, weights, spatial_shapes, self.n_points))

@@ -18,8 +18,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ...errors import ConfigError
+from ...utils.tensor_cache import size_cache
 from ..transformer_decoder.position_encoding import PositionEmbeddingSine
-from .ms_deform_attn import MSDeformAttn
+from .ms_deform_attn import MSDeformAttn, SamplingReference
 
 # The official encoder's feed-forward width, independent of MODEL.MASK_FORMER.DIM_FEEDFORWARD.
 ENCODER_DIM_FEEDFORWARD = 1024
@@ -42,7 +43,7 @@ class MSDeformAttnEncoderLayer(nn.Module):
         self.dropout3 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
 
-    def forward(self, src: Tensor, pos: Tensor, reference_points: Tensor,
+    def forward(self, src: Tensor, pos: Tensor, reference_points: Tensor | SamplingReference,
                 spatial_shapes: Sequence[tuple[int, int]]) -> Tensor:
         attended = self.self_attn(src + pos, reference_points, src, spatial_shapes)
         src = self.norm1(src + self.dropout1(attended))
@@ -69,11 +70,21 @@ class MSDeformAttnEncoder(nn.Module):
         return torch.cat(centres)[None, :, None, :]
 
     def forward(self, src: Tensor, pos: Tensor, spatial_shapes: Sequence[tuple[int, int]]) -> Tensor:
-        refs = self.reference_points(spatial_shapes, src.device)
-        refs = refs.expand(src.shape[0], -1, len(spatial_shapes), -1)
+        attn = self.layers[0].self_attn
+        refs = encoder_sampling_reference(tuple(spatial_shapes), attn.n_heads, attn.n_points, src.device, src.dtype)
         for layer in self.layers:
             src = layer(src, pos, refs, spatial_shapes)
         return src
+
+
+@size_cache()
+def encoder_sampling_reference(spatial_shapes: tuple[tuple[int, int], ...], heads: int, points: int,
+                               device: torch.device, dtype: torch.dtype) -> SamplingReference:
+    """Every level's pixel centres as the reference of every level, in sampling columns: depends on
+    the sizes only, so it is made once per input size, not per layer and call."""
+    refs = MSDeformAttnEncoder.reference_points(spatial_shapes, device).to(dtype)
+    refs = refs.expand(-1, -1, len(spatial_shapes), -1)
+    return SamplingReference.from_points(refs, spatial_shapes, heads, points)
 
 
 class MSDeformAttnTransformer(nn.Module):
