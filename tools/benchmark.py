@@ -58,21 +58,27 @@ from detectron2.utils.events import EventStorage
 from tabulate import tabulate
 from torch import nn
 
-from rein_d2.benchmark.deform_attn import gather_ms_deform_attn, per_point_ms_deform_attn
+from rein_d2.benchmark.deform_attn import gather_ms_deform_attn, official_ms_deform_attn, per_point_ms_deform_attn
 from rein_d2.benchmark.flops import count_flops
+from rein_d2.benchmark.official_head import (official_pixel_decoder, official_semantic_scores,
+                                             official_transformer_decoder)
 from rein_d2.benchmark.official_rein import OfficialStyleRein
 from rein_d2.benchmark.timing import matmul_flops_per_second, median_seconds
 from rein_d2.benchmark.training import build_training_step, parameter_counts, peak_memory_in_subprocesses
 from rein_d2.checkpoint.compact import CompactCheckpointer
 from rein_d2.config import load_config
-from rein_d2.export.onnx_export import INPUT_NAME, export_crop_network, random_crops
+from rein_d2.export.onnx_export import INPUT_NAME, export_crop_network, network_input_size, random_crops
 from rein_d2.export.onnx_runtime import open_session
 from rein_d2.modeling.meta_arch import SlideWindow
+from rein_d2.modeling.meta_arch.mask_former_model import upsampled_semantic_inference
+from rein_d2.modeling.rein import REIN_QUERIES_KEY
 from rein_d2.modeling.pixel_decoder.ms_deform_attn import ms_deform_attn
 from rein_d2.utils.atomic import atomic_output
 from rein_d2.utils.cli import user_errors
 
-SECTIONS = ("matmul", "backbone", "inference", "checkpoint", "training", "deform_attn", "onnx")
+SECTIONS = ("matmul", "backbone", "crop", "inference", "checkpoint", "training", "deform_attn", "onnx")
+# The stages of one crop's inference, in order.
+CROP_STAGES = ("backbone", "pixel_decoder", "transformer_decoder", "post_processing")
 # Variants: (MODEL.VIT.FINETUNE, keep the config's LINK_TOKEN_TO_QUERY); without Rein there are no queries.
 VARIANTS = {"rein": ("rein", True), "freeze": ("freeze", False), "full": ("full", False)}
 # The deformable attention's levels: the pixel decoder's encoder inputs res5, res4, res3.
@@ -237,6 +243,59 @@ class Benchmark:
             out["freeze_fraction_of_matmul"] = out["freeze_flops_per_second"] / peak
         return out
 
+    def crop(self) -> dict:
+        """One crop of TEST.SLIDE.CROP_SIZE (--batch of them), stage by stage and whole, rein-d2 against
+        the official computation restated on the same weights: the official Rein forward with
+        explicit attention (DINOv2's code without xformers) and the official Mask2Former head."""
+        model = self.rein_model()
+        backbone, head = model.backbone, model.sem_seg_head
+        size = network_input_size(tuple(self.cfg.TEST.SLIDE.CROP_SIZE), model.size_divisibility)
+        crops = random_crops(self.args.batch, size, seed=0).to(self.device)
+
+        def official_backbone() -> dict:
+            with refinement(backbone, OfficialStyleRein(backbone.reins)), explicit_attention(backbone):
+                return backbone(crops)
+
+        def rein_d2_whole() -> Any:
+            return upsampled_semantic_inference(*model.crop_outputs(crops), size, model.queries_per_chunk)
+
+        def official_whole() -> Any:
+            features = official_backbone()
+            mask_features, _, scales = official_pixel_decoder(head.pixel_decoder, features)
+            logits = official_transformer_decoder(head.predictor, scales, mask_features, features.get(REIN_QUERIES_KEY))
+            return official_semantic_scores(*logits, size)
+
+        with torch.no_grad():
+            features = backbone(crops)
+            mask_features, _, scales = head.pixel_decoder.forward_features(features)
+            outputs = head.predictor(scales, mask_features, features.get(REIN_QUERIES_KEY))
+            logits = outputs["pred_logits"], outputs["pred_masks"]
+            stages = {
+                "backbone": lambda: backbone(crops),
+                "pixel_decoder": lambda: head.pixel_decoder.forward_features(features),
+                "transformer_decoder": lambda: head.predictor(scales, mask_features, features.get(REIN_QUERIES_KEY)),
+                "post_processing": lambda: upsampled_semantic_inference(*logits, size, model.queries_per_chunk),
+                "whole": rein_d2_whole,
+                "official_backbone": official_backbone,
+                "official_pixel_decoder": lambda: official_pixel_decoder(head.pixel_decoder, features),
+                "official_transformer_decoder": lambda: official_transformer_decoder(
+                    head.predictor, scales, mask_features, features.get(REIN_QUERIES_KEY)),
+                "official_post_processing": lambda: official_semantic_scores(*logits, size),
+                "official_whole": official_whole,
+            }
+            seconds = self.time(stages)
+            max_abs_diff = (rein_d2_whole() - official_whole()).abs().max().item()
+        out = {"crop_size": list(size), "batch": self.args.batch,
+               "rein_d2": {name: seconds[name] for name in (*CROP_STAGES, "whole")},
+               "official": {name: seconds[f"official_{name}"] for name in (*CROP_STAGES, "whole")}}
+        out["pixel_decoder_to_backbone"] = fraction(seconds["pixel_decoder"], seconds["backbone"])
+        out["official_pixel_decoder_to_backbone"] = fraction(seconds["official_pixel_decoder"],
+                                                             seconds["official_backbone"])
+        out["speedup_vs_official"] = {name: fraction(seconds[f"official_{name}"], seconds[name])
+                                      for name in (*CROP_STAGES, "whole")}
+        out["max_abs_diff_scores_vs_official"] = max_abs_diff
+        return out
+
     def inference(self) -> dict:
         cfg = variant(self.cfg, "rein")
         model = self.rein_model()
@@ -328,12 +387,14 @@ class Benchmark:
         few = slice(0, PER_POINT_QUERIES)
         with torch.no_grad():
             seconds = self.time({"fast": lambda: ms_deform_attn(value, shapes, locations, weights),
+                                 "official": lambda: official_ms_deform_attn(value, shapes, locations, weights),
                                  "gather": lambda: gather_ms_deform_attn(value, shapes, locations, weights)})
             per_point = self.time({"per_point": lambda: per_point_ms_deform_attn(
                 value, shapes, locations[:, few], weights[:, few])}, runs=1)["per_point"]
         per_point_all = per_point * queries / min(PER_POINT_QUERIES, queries)
         return {"levels": [list(s) for s in shapes], "queries": queries, "heads": heads, "points": points,
-                "fast_seconds": seconds["fast"], "gather_seconds": seconds["gather"],
+                "fast_seconds": seconds["fast"], "official_seconds": seconds["official"],
+                "gather_seconds": seconds["gather"], "speedup_vs_official": seconds["official"] / seconds["fast"],
                 "per_point_seconds_scaled": per_point_all,
                 "speedup_vs_gather": seconds["gather"] / seconds["fast"],
                 "speedup_vs_per_point": per_point_all / seconds["fast"]}

@@ -29,12 +29,12 @@ CORNERS = 4
 
 
 class LevelColumns(NamedTuple):
-    """Constants of each sampling column (head m, level l, point p), flattened in that order."""
+    """Constants of each sampling column (head m, level l, point p), flattened in that order; [2, C]
+    tensors hold the x row, then the y row."""
 
-    last_x: Tensor  # W_l - 1, the last pixel column of the level
-    last_y: Tensor  # H_l - 1
-    row_base: Tensor  # int32: the level's first row for head m in one image's value table, start_l * M + m
-    row_step: Tensor  # int32: rows between two pixel rows of the level, W_l * M
+    last: Tensor  # (W_l - 1, H_l - 1): the last pixel column and row of the level
+    steps: Tensor  # int32 (M, W_l * M): rows of the value table between two pixel columns, two pixel rows
+    row_base: Tensor  # int32 [C]: the level's first row for head m in one image's value table, start_l * M + m
 
 
 @size_cache()
@@ -44,36 +44,37 @@ def level_columns(spatial_shapes: tuple[tuple[int, int], ...], heads: int, point
     for h, w in spatial_shapes[:-1]:
         starts.append(starts[-1] + h * w)
 
-    def per_column(values: list[int], head_offset: bool = False, column_dtype: torch.dtype = dtype) -> Tensor:
+    def per_column(values: list[int]) -> Tensor:
         grid = torch.tensor(values, dtype=torch.int64, device=device)[None, :, None]
-        if head_offset:
-            grid = grid + torch.arange(heads, device=device)[:, None, None]
-        return grid.expand(heads, len(spatial_shapes), points).reshape(-1).to(column_dtype)
+        return grid.expand(heads, len(spatial_shapes), points).reshape(-1)
 
-    return LevelColumns(per_column([w - 1 for _, w in spatial_shapes]),
-                        per_column([h - 1 for h, _ in spatial_shapes]),
-                        per_column([s * heads for s in starts], head_offset=True, column_dtype=torch.int32),
-                        per_column([w * heads for _, w in spatial_shapes], column_dtype=torch.int32))
+    last = torch.stack([per_column([w - 1 for _, w in spatial_shapes]), per_column([h - 1 for h, _ in spatial_shapes])])
+    steps = torch.stack([torch.full_like(last[0], heads), per_column([w * heads for _, w in spatial_shapes])])
+    heads_first = torch.arange(heads, device=device).repeat_interleave(len(spatial_shapes) * points)
+    row_base = per_column([s * heads for s in starts]) + heads_first
+    return LevelColumns(last.to(dtype), steps.to(torch.int32), row_base.to(torch.int32))
 
 
-def bilinear_taps(x: Tensor, y: Tensor, weights: Tensor, columns: LevelColumns, heads: int,
+def bilinear_taps(xy: Tensor, weights: Tensor, columns: LevelColumns, heads: int,
                   positions: int) -> tuple[Tensor, Tensor]:
     """Rows of the value table [N*S*M, D] and their weights, 4 per sampling point: [N, Q, C, 4] each.
 
-    x, y: pixel coordinates (centres at integers) and weights [N, Q, C], C = M*L*P columns.
-    A neighbour outside its level gets weight 0 and some valid row.
+    xy [N, Q, 2, C]: pixel coordinates x, then y (centres at integers) of the C = M*L*P sampling
+    columns; weights [N, Q, C]. x and y go through each step together (half the calls). A
+    neighbour outside its level gets weight 0 and some valid row.
     """
-    x0, y0 = x.floor(), y.floor()
-    fx, fy = x - x0, y - y0
-    wx0 = torch.where((x0 >= 0) & (x0 <= columns.last_x), 1 - fx, 0.0)
-    wx1 = torch.where((x0 >= -1) & (x0 < columns.last_x), fx, 0.0)
-    wy0 = torch.where((y0 >= 0) & (y0 <= columns.last_y), 1 - fy, 0.0) * weights
-    wy1 = torch.where((y0 >= -1) & (y0 < columns.last_y), fy, 0.0) * weights
-    taps = torch.stack([wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1], dim=-1)
-    n = x.shape[0]
-    image_base = torch.arange(n, dtype=torch.int32, device=x.device)[:, None, None] * (positions * heads)
-    first = y0.to(torch.int32) * columns.row_step + x0.to(torch.int32) * heads + (columns.row_base + image_base)
-    below = first + columns.row_step
+    low = xy.floor()
+    frac = xy - low
+    near = torch.where((low >= 0) & (low <= columns.last), 1 - frac, 0.0)
+    far = torch.where((low >= -1) & (low < columns.last), frac, 0.0)
+    (x0, y0), (x1, y1) = near.unbind(-2), far.unbind(-2)
+    y0, y1 = y0 * weights, y1 * weights
+    taps = torch.stack([y0 * x0, y0 * x1, y1 * x0, y1 * x1], dim=-1)
+    n = xy.shape[0]
+    image_base = torch.arange(n, dtype=torch.int32, device=xy.device)[:, None, None] * (positions * heads)
+    cells = low.to(torch.int32) * columns.steps
+    first = cells[:, :, 0] + cells[:, :, 1] + (columns.row_base + image_base)
+    below = first + columns.steps[1]
     rows = torch.stack([first, first + heads, below, below + heads], dim=-1).clamp_(0, n * positions * heads - 1)
     return rows, taps
 
@@ -86,35 +87,35 @@ def weighted_rows(table: Tensor, rows: Tensor, taps: Tensor) -> Tensor:
     return F.embedding_bag(rows, table, mode="sum", per_sample_weights=taps)
 
 
-def _sample_levels(value: Tensor, x: Tensor, y: Tensor, weights: Tensor,
-                   spatial_shapes: tuple[tuple[int, int], ...], points: int) -> Tensor:
+def _sample_levels(value: Tensor, xy: Tensor, weights: Tensor, spatial_shapes: tuple[tuple[int, int], ...],
+                   points: int) -> Tensor:
     n, positions, heads, dim = value.shape
-    queries = x.shape[1]
-    columns = level_columns(spatial_shapes, heads, points, x.device, x.dtype)
-    rows, taps = bilinear_taps(x, y, weights, columns, heads, positions)
+    queries = xy.shape[1]
+    columns = level_columns(spatial_shapes, heads, points, xy.device, xy.dtype)
+    rows, taps = bilinear_taps(xy, weights, columns, heads, positions)
     bags = n * queries * heads
     out = weighted_rows(value.reshape(n * positions * heads, dim), rows.view(bags, -1), taps.view(bags, -1))
     return out.view(n, queries, heads * dim)
 
 
-def sample_levels(value: Tensor, x: Tensor, y: Tensor, weights: Tensor, spatial_shapes: Sequence[tuple[int, int]],
+def sample_levels(value: Tensor, xy: Tensor, weights: Tensor, spatial_shapes: Sequence[tuple[int, int]],
                   points: int) -> Tensor:
     """Weighted sum of bilinear samples over levels and points, per query and head.
 
     value [N, S, M, D] (levels flattened row-major and concatenated, S = sum H*W);
-    x, y [N, Q, C] pixel coordinates of every sampling column (head, level, point; C = M*L*P;
-    pixel centres at integers) and weights [N, Q, C]. Returns [N, Q, M * D].
+    xy [N, Q, 2, C]: pixel coordinates x, then y, of every sampling column (head, level, point;
+    C = M*L*P; pixel centres at integers); weights [N, Q, C]. Returns [N, Q, M * D].
     """
     shapes = tuple((int(h), int(w)) for h, w in spatial_shapes)
     n, positions, heads, _ = value.shape
-    if sum(h * w for h, w in shapes) != positions or x.shape[-1] != heads * len(shapes) * points:
+    if sum(h * w for h, w in shapes) != positions or xy.shape[-1] != heads * len(shapes) * points:
         raise ValueError(f"ms_deform_attn: spatial_shapes {list(shapes)} give {len(shapes)} levels and "
                          f"{sum(h * w for h, w in shapes)} positions, but value has {positions} positions and "
-                         f"the sampling columns are {x.shape[-1]}, not {heads} heads x {len(shapes)} levels x "
+                         f"the sampling columns are {xy.shape[-1]}, not {heads} heads x {len(shapes)} levels x "
                          f"{points} points")
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (value, x, y, weights)):
-        return checkpoint(_sample_levels, value, x, y, weights, shapes, points, use_reentrant=False)
-    return _sample_levels(value, x, y, weights, shapes, points)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (value, xy, weights)):
+        return checkpoint(_sample_levels, value, xy, weights, shapes, points, use_reentrant=False)
+    return _sample_levels(value, xy, weights, shapes, points)
 
 
 def level_sizes(spatial_shapes: Sequence[tuple[int, int]], like: Tensor) -> Tensor:
@@ -133,16 +134,16 @@ def ms_deform_attn(value: Tensor, spatial_shapes: Sequence[tuple[int, int]], sam
         raise ValueError(f"ms_deform_attn: spatial_shapes {list(spatial_shapes)} give {len(spatial_shapes)} levels, "
                          f"but sampling_locations have {levels} levels")
     pixels = sampling_locations * level_sizes(spatial_shapes, sampling_locations)[:, None, :] - 0.5
-    return sample_levels(value, pixels[..., 0].reshape(n, queries, -1), pixels[..., 1].reshape(n, queries, -1),
-                         attention_weights.reshape(n, queries, -1), spatial_shapes, points)
+    xy = pixels.permute(0, 1, 5, 2, 3, 4).reshape(n, queries, 2, -1)
+    return sample_levels(value, xy, attention_weights.reshape(n, queries, -1), spatial_shapes, points)
 
 
 class SamplingReference(NamedTuple):
-    """Reference points in pixels of every sampling column: x, y [N or 1, Q, M*L*P] (columns head,
-    level, point), location * size - 0.5 of each level; offsets in pixels add to them directly."""
+    """Reference points in pixels of every sampling column: xy [N or 1, Q, 2, M*L*P] (x, then y;
+    columns head, level, point), location * size - 0.5 of each level; offsets in pixels add to
+    them directly."""
 
-    x: Tensor
-    y: Tensor
+    xy: Tensor
 
     @classmethod
     def from_points(cls, reference_points: Tensor, spatial_shapes: Sequence[tuple[int, int]], heads: int,
@@ -151,10 +152,8 @@ class SamplingReference(NamedTuple):
         n, queries, levels, _ = reference_points.shape
         pixels = reference_points * level_sizes(spatial_shapes, reference_points) - 0.5
 
-        def columns(coordinate: Tensor) -> Tensor:
-            return coordinate[:, :, None, :, None].expand(n, queries, heads, levels, points).reshape(n, queries, -1)
-
-        return cls(columns(pixels[..., 0]), columns(pixels[..., 1]))
+        columns = pixels.transpose(2, 3)[:, :, :, None, :, None].expand(n, queries, 2, heads, levels, points)
+        return cls(columns.reshape(n, queries, 2, -1))
 
 
 class MSDeformAttn(nn.Module):
@@ -221,8 +220,8 @@ class MSDeformAttn(nn.Module):
             reference_points = SamplingReference.from_points(reference_points, spatial_shapes, self.n_heads,
                                                              self.n_points)
         value = self.value_proj(input_flatten).view(n, input_flatten.shape[1], self.n_heads, -1)
-        offsets_x, offsets_y, logits = F.linear(query, *self.query_projection()).split(self.columns, dim=-1)
+        offsets, logits = F.linear(query, *self.query_projection()).split([2 * self.columns, self.columns], dim=-1)
         weights = logits.reshape(n, num_queries, self.n_heads, -1).softmax(-1).view(n, num_queries, -1)
         # Offsets are in pixels of their level, which is where the reference already is.
-        x, y = reference_points.x + offsets_x, reference_points.y + offsets_y
-        return self.output_proj(sample_levels(value, x, y, weights, spatial_shapes, self.n_points))
+        xy = reference_points.xy + offsets.view(n, num_queries, 2, -1)
+        return self.output_proj(sample_levels(value, xy, weights, spatial_shapes, self.n_points))

@@ -214,18 +214,28 @@ class MSDeformAttnPixelDecoder(nn.Module):
             "common_stride": head.COMMON_STRIDE,
         }
 
+    def feature(self, features: dict[str, Tensor], name: str) -> Tensor:
+        """A backbone map in the decoder's own precision: float32 even under autocast, as the official
+        decoder runs (float64 for a model converted to it)."""
+        return features[name].to(self.mask_features.weight.dtype)
+
     def forward_features(self, features: dict[str, Tensor]) -> tuple[Tensor, Tensor, list[Tensor]]:
-        """Runs in float32 even under autocast, as the official decoder does."""
+        """Runs without autocast, in the decoder's precision (`feature`)."""
         with torch.autocast(device_type=next(iter(features.values())).device.type, enabled=False):
             srcs, pos = [], []
             for proj, name in zip(self.input_proj, reversed(self.transformer_in_features)):
-                x = features[name].float()
+                x = self.feature(features, name)
                 srcs.append(proj(x))
                 pos.append(self.pe_layer(x))
-            out = self.transformer(srcs, pos)
-            for lateral, output, name in zip(self.lateral_convs, self.output_convs,
-                                             reversed(self.in_features[: self.num_fpn_levels])):
-                fine = lateral(features[name].float())
-                out.append(output(fine + F.interpolate(out[-1], size=fine.shape[-2:], mode="bilinear",
-                                                       align_corners=False)))
-            return self.mask_features(out[-1]), out[0], out[: self.maskformer_num_feature_levels]
+            return self.decode(self.transformer(srcs, pos), features)
+
+    def decode(self, encoded: list[Tensor], features: dict[str, Tensor]) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """From the encoded maps (coarsest first): the FPN steps down to the common stride, then
+        (mask features, coarsest map, the decoder's scales)."""
+        out = list(encoded)
+        for lateral, output, name in zip(self.lateral_convs, self.output_convs,
+                                         reversed(self.in_features[: self.num_fpn_levels])):
+            fine = lateral(self.feature(features, name))
+            out.append(output(fine + F.interpolate(out[-1], size=fine.shape[-2:], mode="bilinear",
+                                                   align_corners=False)))
+        return self.mask_features(out[-1]), out[0], out[: self.maskformer_num_feature_levels]
