@@ -32,6 +32,7 @@ class LevelColumns(NamedTuple):
     """Constants of each sampling column (head m, level l, point p), flattened in that order; [2, C]
     tensors hold the x row, then the y row."""
 
+    size: Tensor  # (W_l, H_l): the normaliser of locations and offsets
     last: Tensor  # (W_l - 1, H_l - 1): the last pixel column and row of the level
     steps: Tensor  # int32 (M, W_l * M): rows of the value table between two pixel columns, two pixel rows
     row_base: Tensor  # int32 [C]: the level's first row for head m in one image's value table, start_l * M + m
@@ -48,11 +49,11 @@ def level_columns(spatial_shapes: tuple[tuple[int, int], ...], heads: int, point
         grid = torch.tensor(values, dtype=torch.int64, device=device)[None, :, None]
         return grid.expand(heads, len(spatial_shapes), points).reshape(-1)
 
-    last = torch.stack([per_column([w - 1 for _, w in spatial_shapes]), per_column([h - 1 for h, _ in spatial_shapes])])
-    steps = torch.stack([torch.full_like(last[0], heads), per_column([w * heads for _, w in spatial_shapes])])
+    size = torch.stack([per_column([w for _, w in spatial_shapes]), per_column([h for h, _ in spatial_shapes])])
+    steps = torch.stack([torch.full_like(size[0], heads), size[0] * heads])
     heads_first = torch.arange(heads, device=device).repeat_interleave(len(spatial_shapes) * points)
     row_base = per_column([s * heads for s in starts]) + heads_first
-    return LevelColumns(last.to(dtype), steps.to(torch.int32), row_base.to(torch.int32))
+    return LevelColumns(size.to(dtype), (size - 1).to(dtype), steps.to(torch.int32), row_base.to(torch.int32))
 
 
 def bilinear_taps(xy: Tensor, weights: Tensor, columns: LevelColumns, heads: int,
@@ -87,40 +88,36 @@ def weighted_rows(table: Tensor, rows: Tensor, taps: Tensor) -> Tensor:
     return F.embedding_bag(rows, table, mode="sum", per_sample_weights=taps)
 
 
-def _sample_levels(value: Tensor, xy: Tensor, weights: Tensor, spatial_shapes: tuple[tuple[int, int], ...],
+def _sample_levels(value: Tensor, locations: Tensor, weights: Tensor, spatial_shapes: tuple[tuple[int, int], ...],
                    points: int) -> Tensor:
     n, positions, heads, dim = value.shape
-    queries = xy.shape[1]
-    columns = level_columns(spatial_shapes, heads, points, xy.device, xy.dtype)
-    rows, taps = bilinear_taps(xy, weights, columns, heads, positions)
+    queries = locations.shape[1]
+    columns = level_columns(spatial_shapes, heads, points, locations.device, locations.dtype)
+    # In pixels as the official kernel computes them, so that a point on a pixel centre rounds alike.
+    rows, taps = bilinear_taps(locations * columns.size - 0.5, weights, columns, heads, positions)
     bags = n * queries * heads
     out = weighted_rows(value.reshape(n * positions * heads, dim), rows.view(bags, -1), taps.view(bags, -1))
     return out.view(n, queries, heads * dim)
 
 
-def sample_levels(value: Tensor, xy: Tensor, weights: Tensor, spatial_shapes: Sequence[tuple[int, int]],
+def sample_levels(value: Tensor, locations: Tensor, weights: Tensor, spatial_shapes: Sequence[tuple[int, int]],
                   points: int) -> Tensor:
     """Weighted sum of bilinear samples over levels and points, per query and head.
 
     value [N, S, M, D] (levels flattened row-major and concatenated, S = sum H*W);
-    xy [N, Q, 2, C]: pixel coordinates x, then y, of every sampling column (head, level, point;
-    C = M*L*P; pixel centres at integers); weights [N, Q, C]. Returns [N, Q, M * D].
+    locations [N, Q, 2, C]: x, then y, in [0, 1] of every sampling column (head, level, point;
+    C = M*L*P); weights [N, Q, C]. Returns [N, Q, M * D].
     """
     shapes = tuple((int(h), int(w)) for h, w in spatial_shapes)
     n, positions, heads, _ = value.shape
-    if sum(h * w for h, w in shapes) != positions or xy.shape[-1] != heads * len(shapes) * points:
+    if sum(h * w for h, w in shapes) != positions or locations.shape[-1] != heads * len(shapes) * points:
         raise ValueError(f"ms_deform_attn: spatial_shapes {list(shapes)} give {len(shapes)} levels and "
                          f"{sum(h * w for h, w in shapes)} positions, but value has {positions} positions and "
-                         f"the sampling columns are {xy.shape[-1]}, not {heads} heads x {len(shapes)} levels x "
+                         f"the sampling columns are {locations.shape[-1]}, not {heads} heads x {len(shapes)} levels x "
                          f"{points} points")
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (value, xy, weights)):
-        return checkpoint(_sample_levels, value, xy, weights, shapes, points, use_reentrant=False)
-    return _sample_levels(value, xy, weights, shapes, points)
-
-
-def level_sizes(spatial_shapes: Sequence[tuple[int, int]], like: Tensor) -> Tensor:
-    """[L, 2] (W, H) of every level: the normaliser of locations and offsets."""
-    return torch.tensor([[w, h] for h, w in spatial_shapes], dtype=like.dtype, device=like.device)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (value, locations, weights)):
+        return checkpoint(_sample_levels, value, locations, weights, shapes, points, use_reentrant=False)
+    return _sample_levels(value, locations, weights, shapes, points)
 
 
 def ms_deform_attn(value: Tensor, spatial_shapes: Sequence[tuple[int, int]], sampling_locations: Tensor,
@@ -133,26 +130,21 @@ def ms_deform_attn(value: Tensor, spatial_shapes: Sequence[tuple[int, int]], sam
     if len(spatial_shapes) != levels:
         raise ValueError(f"ms_deform_attn: spatial_shapes {list(spatial_shapes)} give {len(spatial_shapes)} levels, "
                          f"but sampling_locations have {levels} levels")
-    pixels = sampling_locations * level_sizes(spatial_shapes, sampling_locations)[:, None, :] - 0.5
-    xy = pixels.permute(0, 1, 5, 2, 3, 4).reshape(n, queries, 2, -1)
-    return sample_levels(value, xy, attention_weights.reshape(n, queries, -1), spatial_shapes, points)
+    locations = sampling_locations.permute(0, 1, 5, 2, 3, 4).reshape(n, queries, 2, -1)
+    return sample_levels(value, locations, attention_weights.reshape(n, queries, -1), spatial_shapes, points)
 
 
 class SamplingReference(NamedTuple):
-    """Reference points in pixels of every sampling column: xy [N or 1, Q, 2, M*L*P] (x, then y;
-    columns head, level, point), location * size - 0.5 of each level; offsets in pixels add to
-    them directly."""
+    """Normalised reference points laid out as the sampling columns: xy [N or 1, Q, 2, M*L*P] (x,
+    then y; columns head, level, point), so that offsets add to them without broadcasting."""
 
     xy: Tensor
 
     @classmethod
-    def from_points(cls, reference_points: Tensor, spatial_shapes: Sequence[tuple[int, int]], heads: int,
-                    points: int) -> SamplingReference:
-        """From normalised (x, y) reference points [N, Q, L, 2]."""
+    def from_points(cls, reference_points: Tensor, heads: int, points: int) -> SamplingReference:
+        """From (x, y) reference points [N, Q, L, 2]."""
         n, queries, levels, _ = reference_points.shape
-        pixels = reference_points * level_sizes(spatial_shapes, reference_points) - 0.5
-
-        columns = pixels.transpose(2, 3)[:, :, :, None, :, None].expand(n, queries, 2, heads, levels, points)
+        columns = reference_points.transpose(2, 3)[:, :, :, None, :, None].expand(n, queries, 2, heads, levels, points)
         return cls(columns.reshape(n, queries, 2, -1))
 
 
@@ -217,11 +209,12 @@ class MSDeformAttn(nn.Module):
             if reference_points.shape[-1] != 2:
                 raise ValueError("MSDeformAttn: reference_points must be (x, y) points, last dim 2; "
                                  f"got shape {tuple(reference_points.shape)}")
-            reference_points = SamplingReference.from_points(reference_points, spatial_shapes, self.n_heads,
-                                                             self.n_points)
+            reference_points = SamplingReference.from_points(reference_points, self.n_heads, self.n_points)
         value = self.value_proj(input_flatten).view(n, input_flatten.shape[1], self.n_heads, -1)
         offsets, logits = F.linear(query, *self.query_projection()).split([2 * self.columns, self.columns], dim=-1)
         weights = logits.reshape(n, num_queries, self.n_heads, -1).softmax(-1).view(n, num_queries, -1)
-        # Offsets are in pixels of their level, which is where the reference already is.
-        xy = reference_points.xy + offsets.view(n, num_queries, 2, -1)
-        return self.output_proj(sample_levels(value, xy, weights, spatial_shapes, self.n_points))
+        # Offsets are in pixels of their level: normalised by (W, H) as the official module does.
+        size = level_columns(tuple((int(h), int(w)) for h, w in spatial_shapes), self.n_heads, self.n_points,
+                             query.device, query.dtype).size
+        locations = offsets.view(n, num_queries, 2, -1) / size + reference_points.xy
+        return self.output_proj(sample_levels(value, locations, weights, spatial_shapes, self.n_points))

@@ -84,7 +84,7 @@ def encoder_sampling_reference(spatial_shapes: tuple[tuple[int, int], ...], head
     the sizes only, so it is made once per input size, not per layer and call."""
     refs = MSDeformAttnEncoder.reference_points(spatial_shapes, device).to(dtype)
     refs = refs.expand(-1, -1, len(spatial_shapes), -1)
-    return SamplingReference.from_points(refs, spatial_shapes, heads, points)
+    return SamplingReference.from_points(refs, heads, points)
 
 
 class MSDeformAttnTransformer(nn.Module):
