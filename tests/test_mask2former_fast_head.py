@@ -9,7 +9,7 @@ from test_mask2former_reinvit import tiny_reinvit_cfg
 from rein_d2.benchmark.official_head import (official_pixel_decoder, official_position_code, official_semantic_scores,
                                              official_transformer_decoder)
 from rein_d2.modeling.meta_arch.mask_former_model import upsampled_semantic_inference
-from rein_d2.modeling.pixel_decoder.ms_deform_attn import weighted_rows
+from rein_d2.modeling.pixel_decoder.ms_deform_attn import compiled_taps, weighted_rows
 from rein_d2.modeling.pixel_decoder.msdeformattn import encoder_sampling_reference
 from rein_d2.modeling.rein import REIN_QUERIES_KEY
 from rein_d2.modeling.transformer_decoder.position_encoding import PositionEmbeddingSine, sine_position_code
@@ -171,3 +171,33 @@ def test_traced_gather_equals_embedding_bag():
     assert "embedding_bag" not in str(traced.graph)
     torch.testing.assert_close(traced(table, rows, taps), weighted_rows(table, rows, taps))
     torch.testing.assert_close(weighted_rows(table, rows, taps), (table[rows.long()] * taps[..., None]).sum(1))
+
+
+def test_compiled_sampling_equals_the_eager_one_outputs_and_gradients():
+    """MODEL.SEM_SEG_HEAD.DEFORM_ATTN_COMPILE inductor: used once it matched, same outputs and gradients.
+    Inductor needs a C++ compiler on the CPU; without one the test says so instead of passing."""
+    import shutil
+
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    compiler = get_cpp_compiler()
+    if shutil.which(compiler) is None:
+        pytest.skip(f"torch.compile's inductor backend needs the C++ compiler {compiler!r}, not found on PATH")
+    eager = tiny_model()
+    cfg = tiny_reinvit_cfg()
+    cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS = 2
+    cfg.MODEL.SEM_SEG_HEAD.DEFORM_ATTN_COMPILE = "inductor"
+    compiled = build_model(cfg).eval()
+    compiled.load_state_dict(eager.state_dict())
+    fused = compiled_taps("inductor")
+    for size in SIZES:
+        features = backbone_features(eager, size)
+        for _ in range(2):  # the first call of a size checks the compiled function, the second uses it
+            outs = [outputs_and_gradients(lambda f, m=m: flat_pixel_decoder_outputs(
+                m.sem_seg_head.pixel_decoder.forward_features(f)), features, m.sem_seg_head.pixel_decoder)
+                for m in (eager, compiled)]
+            assert_all_close(outs[1][0], outs[0][0], rtol=1e-5, atol=1e-6)
+            for name, grad in outs[0][1].items():
+                torch.testing.assert_close(outs[1][1][name], grad, rtol=1e-4, atol=1e-6,
+                                           msg=lambda m, name=name: f"{name}: {m}")
+    assert len(fused.verdicts) >= len(SIZES) and all(fused.verdicts.values())

@@ -72,7 +72,7 @@ from rein_d2.export.onnx_runtime import open_session
 from rein_d2.modeling.meta_arch import SlideWindow
 from rein_d2.modeling.meta_arch.mask_former_model import upsampled_semantic_inference
 from rein_d2.modeling.rein import REIN_QUERIES_KEY
-from rein_d2.modeling.pixel_decoder.ms_deform_attn import ms_deform_attn
+from rein_d2.modeling.pixel_decoder.ms_deform_attn import MSDeformAttn, compiled_taps, ms_deform_attn
 from rein_d2.utils.atomic import atomic_output
 from rein_d2.utils.cli import user_errors
 
@@ -83,6 +83,8 @@ CROP_STAGES = ("backbone", "pixel_decoder", "transformer_decoder", "post_process
 VARIANTS = {"rein": ("rein", True), "freeze": ("freeze", False), "full": ("full", False)}
 # The deformable attention's levels: the pixel decoder's encoder inputs res5, res4, res3.
 DEFORM_STRIDES = (32, 16, 8)
+# The torch.compile backend the crop section tries on the deformable attention's sampling.
+DEFORM_ATTN_BACKEND = "inductor"
 # Queries the per-point Python reference is timed on before scaling to all of them.
 PER_POINT_QUERIES = 4
 
@@ -146,6 +148,20 @@ def explicit_attention(backbone: nn.Module) -> Iterator[None]:
     finally:
         for attn in attns:
             attn.fused_attn = True
+
+
+@contextlib.contextmanager
+def deform_attn_compiled(decoder: nn.Module, backend: str) -> Iterator[None]:
+    """Run the pixel decoder's deformable attention with its sampling compiled (MODEL.SEM_SEG_HEAD.DEFORM_ATTN_COMPILE)."""
+    attns = [m for m in decoder.modules() if isinstance(m, MSDeformAttn)]
+    previous = [attn.compile_backend for attn in attns]
+    for attn in attns:
+        attn.compile_backend = backend
+    try:
+        yield
+    finally:
+        for attn, value in zip(attns, previous):
+            attn.compile_backend = value
 
 
 class FeatureMaps(nn.Module):
@@ -252,6 +268,10 @@ class Benchmark:
         size = network_input_size(tuple(self.cfg.TEST.SLIDE.CROP_SIZE), model.size_divisibility)
         crops = random_crops(self.args.batch, size, seed=0).to(self.device)
 
+        def compiled_pixel_decoder() -> Any:
+            with deform_attn_compiled(head.pixel_decoder, DEFORM_ATTN_BACKEND):
+                return head.pixel_decoder.forward_features(features)
+
         def official_backbone() -> dict:
             with refinement(backbone, OfficialStyleRein(backbone.reins)), explicit_attention(backbone):
                 return backbone(crops)
@@ -276,6 +296,7 @@ class Benchmark:
                 "transformer_decoder": lambda: head.predictor(scales, mask_features, features.get(REIN_QUERIES_KEY)),
                 "post_processing": lambda: upsampled_semantic_inference(*logits, size, model.queries_per_chunk),
                 "whole": rein_d2_whole,
+                "pixel_decoder_compiled": compiled_pixel_decoder,
                 "official_backbone": official_backbone,
                 "official_pixel_decoder": lambda: official_pixel_decoder(head.pixel_decoder, features),
                 "official_transformer_decoder": lambda: official_transformer_decoder(
@@ -294,6 +315,11 @@ class Benchmark:
         out["speedup_vs_official"] = {name: fraction(seconds[f"official_{name}"], seconds[name])
                                       for name in (*CROP_STAGES, "whole")}
         out["max_abs_diff_scores_vs_official"] = max_abs_diff
+        verdicts = compiled_taps(DEFORM_ATTN_BACKEND).verdicts
+        out["deform_attn_compiled"] = {"backend": DEFORM_ATTN_BACKEND, "pixel_decoder": seconds["pixel_decoder_compiled"],
+                                       "used": bool(verdicts) and all(verdicts.values()),
+                                       "speedup_vs_eager": fraction(seconds["pixel_decoder"],
+                                                                    seconds["pixel_decoder_compiled"])}
         return out
 
     def inference(self) -> dict:

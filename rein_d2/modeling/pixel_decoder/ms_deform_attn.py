@@ -13,8 +13,11 @@ training keeps only the inputs: rows and weights are recomputed in the backward 
 """
 from __future__ import annotations
 
+import functools
+import logging
 import math
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -24,8 +27,10 @@ from torch.utils.checkpoint import checkpoint
 
 from ...utils.tensor_cache import size_cache
 
-# The four neighbours of a point, in the order of `bilinear_taps`: (dy, dx).
-CORNERS = 4
+# Input signatures whose compiled-versus-eager verdict `CompiledTaps` remembers.
+VERDICTS_KEPT = 16
+
+logger = logging.getLogger(__name__)
 
 
 class LevelColumns(NamedTuple):
@@ -80,6 +85,61 @@ def bilinear_taps(xy: Tensor, weights: Tensor, columns: LevelColumns, heads: int
     return rows, taps
 
 
+def pixel_taps(locations: Tensor, weights: Tensor, columns: LevelColumns, heads: int,
+               positions: int) -> tuple[Tensor, Tensor]:
+    """`bilinear_taps` of normalised locations [N, Q, 2, C], in pixels as the official kernel computes
+    them (location * size - 0.5), so that a point on a pixel centre rounds alike."""
+    return bilinear_taps(locations * columns.size - 0.5, weights, columns, heads, positions)
+
+
+Taps = Callable[[Tensor, Tensor, LevelColumns, int, int], tuple[Tensor, Tensor]]
+
+
+class CompiledTaps:
+    """`pixel_taps` through torch.compile, chosen for an input signature only once the compiled
+    function gave the eager result on it (rows equal, weights within 1e-6 relative); a signature
+    that differs, or fails to compile, stays eager, with a warning. Eager while tracing (ONNX)."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+        self.compiled = torch.compile(pixel_taps, backend=backend)
+        self.verdicts: OrderedDict[tuple, bool] = OrderedDict()
+
+    def select(self, locations: Tensor, weights: Tensor, columns: LevelColumns, heads: int, positions: int) -> Taps:
+        """The function for these inputs, chosen before the forward pass so that a recomputation in the
+        backward pass (checkpoint) runs the same one."""
+        if torch.jit.is_tracing():
+            return pixel_taps
+        key = (tuple(locations.shape), tuple(columns.size.shape), locations.dtype, locations.device, heads, positions)
+        if key not in self.verdicts:
+            args = (locations.detach(), weights.detach(), columns, heads, positions)
+            with torch.no_grad():
+                self.verdicts[key] = self._matches(pixel_taps(*args), args)
+            while len(self.verdicts) > VERDICTS_KEPT:
+                self.verdicts.popitem(last=False)
+        self.verdicts.move_to_end(key)
+        return self.compiled if self.verdicts[key] else pixel_taps
+
+    def _matches(self, eager: tuple[Tensor, Tensor], args: tuple) -> bool:
+        try:
+            rows, taps = self.compiled(*args)
+        except Exception as err:  # noqa: BLE001 - any compiler failure means: stay eager
+            logger.warning("MODEL.SEM_SEG_HEAD.DEFORM_ATTN_COMPILE=%r failed (%s: %s); the deformable attention "
+                           "runs eagerly", self.backend, type(err).__name__, err)
+            return False
+        same = torch.equal(rows, eager[0]) and torch.allclose(taps, eager[1], rtol=1e-6, atol=1e-7)
+        if not same:
+            logger.warning("MODEL.SEM_SEG_HEAD.DEFORM_ATTN_COMPILE=%r gives other sampling weights than the eager "
+                           "code for inputs of shape %s; they run eagerly", self.backend, tuple(args[0].shape))
+        return same
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_taps(backend: str) -> CompiledTaps:
+    """One compiled function per backend, shared by every layer (and recompiled only per shape)."""
+    return CompiledTaps(backend)
+
+
 def weighted_rows(table: Tensor, rows: Tensor, taps: Tensor) -> Tensor:
     """sum_k taps[b, k] * table[rows[b, k]] -> [B, D]: one embedding_bag; traced for ONNX (which has
     no such operator) a gather and a batched product."""
@@ -88,25 +148,22 @@ def weighted_rows(table: Tensor, rows: Tensor, taps: Tensor) -> Tensor:
     return F.embedding_bag(rows, table, mode="sum", per_sample_weights=taps)
 
 
-def _sample_levels(value: Tensor, locations: Tensor, weights: Tensor, spatial_shapes: tuple[tuple[int, int], ...],
-                   points: int) -> Tensor:
+def _sample_levels(value: Tensor, locations: Tensor, weights: Tensor, columns: LevelColumns, taps_fn: Taps) -> Tensor:
     n, positions, heads, dim = value.shape
     queries = locations.shape[1]
-    columns = level_columns(spatial_shapes, heads, points, locations.device, locations.dtype)
-    # In pixels as the official kernel computes them, so that a point on a pixel centre rounds alike.
-    rows, taps = bilinear_taps(locations * columns.size - 0.5, weights, columns, heads, positions)
+    rows, taps = taps_fn(locations, weights, columns, heads, positions)
     bags = n * queries * heads
     out = weighted_rows(value.reshape(n * positions * heads, dim), rows.view(bags, -1), taps.view(bags, -1))
     return out.view(n, queries, heads * dim)
 
 
 def sample_levels(value: Tensor, locations: Tensor, weights: Tensor, spatial_shapes: Sequence[tuple[int, int]],
-                  points: int) -> Tensor:
+                  points: int, fused: CompiledTaps | None = None) -> Tensor:
     """Weighted sum of bilinear samples over levels and points, per query and head.
 
     value [N, S, M, D] (levels flattened row-major and concatenated, S = sum H*W);
     locations [N, Q, 2, C]: x, then y, in [0, 1] of every sampling column (head, level, point;
-    C = M*L*P); weights [N, Q, C]. Returns [N, Q, M * D].
+    C = M*L*P); weights [N, Q, C]. Returns [N, Q, M * D]. fused: the compiled `pixel_taps`, or None.
     """
     shapes = tuple((int(h), int(w)) for h, w in spatial_shapes)
     n, positions, heads, _ = value.shape
@@ -115,9 +172,11 @@ def sample_levels(value: Tensor, locations: Tensor, weights: Tensor, spatial_sha
                          f"{sum(h * w for h, w in shapes)} positions, but value has {positions} positions and "
                          f"the sampling columns are {locations.shape[-1]}, not {heads} heads x {len(shapes)} levels x "
                          f"{points} points")
+    columns = level_columns(shapes, heads, points, locations.device, locations.dtype)
+    taps_fn = fused.select(locations, weights, columns, heads, positions) if fused else pixel_taps
     if torch.is_grad_enabled() and any(t.requires_grad for t in (value, locations, weights)):
-        return checkpoint(_sample_levels, value, locations, weights, shapes, points, use_reentrant=False)
-    return _sample_levels(value, locations, weights, shapes, points)
+        return checkpoint(_sample_levels, value, locations, weights, columns, taps_fn, use_reentrant=False)
+    return _sample_levels(value, locations, weights, columns, taps_fn)
 
 
 def ms_deform_attn(value: Tensor, spatial_shapes: Sequence[tuple[int, int]], sampling_locations: Tensor,
@@ -152,9 +211,11 @@ class MSDeformAttn(nn.Module):
     """Each query attends to n_points learned offsets around its reference point, per head and level.
 
     Parameter names and initialisation are those of the official module, so its weights load.
+    compile_backend: torch.compile backend of the sampling's elementwise work (`CompiledTaps`), "" eager.
     """
 
-    def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4) -> None:
+    def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4,
+                 compile_backend: str = "") -> None:
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"MSDeformAttn: d_model={d_model} is not divisible by n_heads={n_heads}")
@@ -162,6 +223,7 @@ class MSDeformAttn(nn.Module):
         self.n_levels = n_levels
         self.n_heads = n_heads
         self.n_points = n_points
+        self.compile_backend = compile_backend
         self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
         self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
         self.value_proj = nn.Linear(d_model, d_model)
@@ -217,4 +279,5 @@ class MSDeformAttn(nn.Module):
         size = level_columns(tuple((int(h), int(w)) for h, w in spatial_shapes), self.n_heads, self.n_points,
                              query.device, query.dtype).size
         locations = offsets.view(n, num_queries, 2, -1) / size + reference_points.xy
-        return self.output_proj(sample_levels(value, locations, weights, spatial_shapes, self.n_points))
+        fused = compiled_taps(self.compile_backend) if self.compile_backend else None
+        return self.output_proj(sample_levels(value, locations, weights, spatial_shapes, self.n_points, fused))

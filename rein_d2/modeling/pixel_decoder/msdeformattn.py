@@ -32,9 +32,9 @@ class MSDeformAttnEncoderLayer(nn.Module):
     """Post-norm deformable self-attention over all levels, then a ReLU feed-forward."""
 
     def __init__(self, d_model: int, d_ffn: int, dropout: float, n_levels: int, n_heads: int,
-                 n_points: int) -> None:
+                 n_points: int, compile_backend: str = "") -> None:
         super().__init__()
-        self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
+        self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points, compile_backend)
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
         self.linear1 = nn.Linear(d_model, d_ffn)
@@ -91,11 +91,11 @@ class MSDeformAttnTransformer(nn.Module):
     """Flattens the levels, adds a learned per-level embedding to the position code, encodes."""
 
     def __init__(self, d_model: int, nhead: int, num_encoder_layers: int, dim_feedforward: int, dropout: float,
-                 num_feature_levels: int, enc_n_points: int) -> None:
+                 num_feature_levels: int, enc_n_points: int, compile_backend: str = "") -> None:
         super().__init__()
         self.encoder = MSDeformAttnEncoder(
             lambda: MSDeformAttnEncoderLayer(d_model, dim_feedforward, dropout, num_feature_levels, nhead,
-                                             enc_n_points),
+                                             enc_n_points, compile_backend),
             num_encoder_layers,
         )
         self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
@@ -138,7 +138,9 @@ class MSDeformAttnPixelDecoder(nn.Module):
         norm: str | Callable | None = None,
         transformer_in_features: list[str],
         common_stride: int,
+        deform_attn_compile: str = "",
     ) -> None:
+        """deform_attn_compile: torch.compile backend of the deformable attention's sampling, "" eager."""
         super().__init__()
         missing = [f for f in transformer_in_features if f not in input_shape]
         if missing:
@@ -170,6 +172,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
             dropout=transformer_dropout,
             num_feature_levels=self.transformer_num_feature_levels,
             enc_n_points=transformer_enc_points,
+            compile_backend=deform_attn_compile,
         )
         self.pe_layer = PositionEmbeddingSine(conv_dim // 2, normalize=True)
 
@@ -212,6 +215,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
             "transformer_enc_points": head.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS,
             "transformer_in_features": head.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES,
             "common_stride": head.COMMON_STRIDE,
+            "deform_attn_compile": head.DEFORM_ATTN_COMPILE,
         }
 
     def feature(self, features: dict[str, Tensor], name: str) -> Tensor:
