@@ -8,14 +8,20 @@ on the current device, medians of --runs calls after --warmup calls, variants ta
   forward restated on the same weights, and with Rein but explicit attention instead of
   scaled_dot_product_attention; Rein's overhead in time and in FLOPs, and the achieved FLOP/s
   against the matmul's; Rein alone (all layers on block-shaped tokens), rein-d2's and official;
+- crop: one crop of TEST.SLIDE.CROP_SIZE through the whole model, split into backbone / pixel
+  decoder / transformer decoder / post-processing, each and whole against the official computation
+  restated on the same weights (official Rein forward with explicit attention, official
+  Mask2Former head: rein_d2.benchmark.official_head) and the largest difference of their class
+  scores; and the pixel decoder with its sampling compiled (MODEL.SEM_SEG_HEAD.DEFORM_ATTN_COMPILE);
 - inference: the whole model, whole image (--size) and sliding window (--slide-size), latency
   and throughput, FLOPs of the whole-image call;
 - training: Rein, Freeze and Full (MODEL.VIT.FINETUNE switched, and MODEL.REIN.LINK_TOKEN_TO_QUERY
   off without Rein) with the trainer train_net uses: step time, peak memory, trainable parameters;
 - checkpoint: a compact checkpoint (CompactCheckpointer.compact_state_dict) against the full
   state dict, serialised bytes;
-- deform_attn: the pixel decoder's deformable attention at this size against two references:
-  a per-corner gather vectorised over points, and the per-point definition in Python loops
+- deform_attn: the pixel decoder's deformable attention at this size against three references:
+  the official PyTorch core (grid_sample per level), a per-corner gather vectorised over points,
+  and the per-point definition in Python loops
   (timed on a few queries and scaled to all of them, as running it whole would take hours).
 - onnx: the network on --batch crops of TEST.SLIDE.CROP_SIZE (backbone with Rein, pixel decoder,
   transformer decoder: what tools/export_onnx.py exports), eager PyTorch against its ONNX export
