@@ -77,7 +77,7 @@ class MSDeformAttnEncoder(nn.Module):
         return src
 
 
-@size_cache()
+@size_cache(maxsize=4)  # an entry of a 1024 x 1024 input (three levels) holds 16 MB
 def encoder_sampling_reference(spatial_shapes: tuple[tuple[int, int], ...], heads: int, points: int,
                                device: torch.device, dtype: torch.dtype) -> SamplingReference:
     """Every level's pixel centres as the reference of every level, in sampling columns: depends on
