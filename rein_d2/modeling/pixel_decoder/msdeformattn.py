@@ -47,7 +47,9 @@ class MSDeformAttnEncoderLayer(nn.Module):
                 spatial_shapes: Sequence[tuple[int, int]]) -> Tensor:
         attended = self.self_attn(src + pos, reference_points, src, spatial_shapes)
         src = self.norm1(src + self.dropout1(attended))
-        hidden = self.linear2(self.dropout2(F.relu(self.linear1(src))))
+        # In place: the product is not needed again (addmm saves its inputs), and a fresh 1024-wide
+        # buffer per layer costs as much as the ReLU itself.
+        hidden = self.linear2(self.dropout2(F.relu(self.linear1(src), inplace=True)))
         return self.norm2(src + self.dropout3(hidden))
 
 
