@@ -46,6 +46,7 @@ class LevelColumns(NamedTuple):
 @size_cache()
 def level_columns(spatial_shapes: tuple[tuple[int, int], ...], heads: int, points: int, device: torch.device,
                   dtype: torch.dtype) -> LevelColumns:
+    """The sampling columns' constants for these level sizes, made once per size."""
     starts = [0]
     for h, w in spatial_shapes[:-1]:
         starts.append(starts[-1] + h * w)
@@ -71,9 +72,10 @@ def bilinear_taps(xy: Tensor, weights: Tensor, columns: LevelColumns, heads: int
     """
     low = xy.floor()
     frac = xy - low
-    near = torch.where((low >= 0) & (low <= columns.last), 1 - frac, 0.0)
-    far = torch.where((low >= -1) & (low < columns.last), frac, 0.0)
-    (x0, y0), (x1, y1) = near.unbind(-2), far.unbind(-2)
+    # Weights of the neighbours at low and at low + 1, zero where that pixel is outside the level.
+    at_low = torch.where((low >= 0) & (low <= columns.last), 1 - frac, 0.0)
+    at_high = torch.where((low >= -1) & (low < columns.last), frac, 0.0)
+    (x0, y0), (x1, y1) = at_low.unbind(-2), at_high.unbind(-2)
     y0, y1 = y0 * weights, y1 * weights
     taps = torch.stack([y0 * x0, y0 * x1, y1 * x0, y1 * x1], dim=-1)
     n = xy.shape[0]
