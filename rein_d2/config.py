@@ -71,6 +71,10 @@ def add_maskformer2_config(cfg: CN) -> None:
     head.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]
     head.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
     head.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
+    # torch.compile backend ("inductor") for the deformable attention's elementwise work (sampling
+    # points to value rows and bilinear weights, about 25 passes fused into a few); "" runs eagerly.
+    # An input size uses the compiled function only after its first call matched the eager one.
+    head.DEFORM_ATTN_COMPILE = ""
 
     swin = cfg.MODEL.SWIN = CN()
     swin.PRETRAIN_IMG_SIZE = 224

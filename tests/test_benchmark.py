@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from test_mask2former_reinvit import tiny_reinvit_cfg
 
-from rein_d2.benchmark.deform_attn import gather_ms_deform_attn, per_point_ms_deform_attn
+from rein_d2.benchmark.deform_attn import gather_ms_deform_attn, official_ms_deform_attn, per_point_ms_deform_attn
 from rein_d2.benchmark.flops import count_flops
 from rein_d2.benchmark.memory import PeakMemory
 from rein_d2.benchmark.official_rein import OfficialStyleRein
@@ -37,6 +37,12 @@ def test_benchmark_runs_every_section_and_writes_json(tmp_path):
         assert isinstance(backbone[key], float), key
     assert backbone["rein_flops"] > backbone["freeze_flops"] > 0
     assert "aten::scaled_dot_product_attention" not in backbone["uncounted_ops"]
+    crop = result["crop"]
+    assert crop["crop_size"] == [64, 64]
+    for name in ("backbone", "pixel_decoder", "transformer_decoder", "post_processing", "whole"):
+        assert crop["rein_d2"][name] > 0 and crop["official"][name] > 0 and crop["speedup_vs_official"][name] > 0
+    assert crop["max_abs_diff_scores_vs_official"] < 1e-4  # the official head restated computes the same scores
+    assert crop["deform_attn_compiled"]["pixel_decoder"] > 0
     assert result["inference"]["whole"]["flops"] > backbone["rein_flops"]
     slide = result["inference"]["slide"]
     assert slide["size"] == [64, 128] and slide["crops"] == 3
@@ -51,7 +57,7 @@ def test_benchmark_runs_every_section_and_writes_json(tmp_path):
     assert 0 < result["checkpoint"]["compact_bytes"] < result["checkpoint"]["full_bytes"]
     deform = result["deform_attn"]
     assert deform["levels"] == [[2, 2], [4, 4], [8, 8]] and deform["queries"] == 84
-    assert deform["speedup_vs_gather"] > 0 and deform["speedup_vs_per_point"] > 0
+    assert deform["speedup_vs_gather"] > 0 and deform["speedup_vs_per_point"] > 0 and deform["speedup_vs_official"] > 0
 
 
 def test_variants_switch_fine_tuning_and_the_query_link():
@@ -99,7 +105,7 @@ def test_official_style_rein_matches_rein_d2():
         torch.testing.assert_close(official.queries(), rein.queries())
 
 
-def test_gather_reference_equals_the_per_point_definition_and_the_fast_op():
+def test_references_equal_the_per_point_definition_and_the_fast_op():
     g = torch.Generator().manual_seed(0)
     shapes = [(4, 5), (3, 2), (1, 3)]
     value = torch.randn(2, 29, 2, 3, generator=g, dtype=torch.float64)
@@ -108,6 +114,7 @@ def test_gather_reference_equals_the_per_point_definition_and_the_fast_op():
     gathered = gather_ms_deform_attn(value, shapes, locations, weights)
     torch.testing.assert_close(gathered, per_point_ms_deform_attn(value, shapes, locations, weights))
     torch.testing.assert_close(gathered, ms_deform_attn(value, shapes, locations, weights))
+    torch.testing.assert_close(gathered, official_ms_deform_attn(value, shapes, locations, weights))
 
 
 def test_peak_memory_sees_a_large_cpu_allocation():

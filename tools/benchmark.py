@@ -8,14 +8,20 @@ on the current device, medians of --runs calls after --warmup calls, variants ta
   forward restated on the same weights, and with Rein but explicit attention instead of
   scaled_dot_product_attention; Rein's overhead in time and in FLOPs, and the achieved FLOP/s
   against the matmul's; Rein alone (all layers on block-shaped tokens), rein-d2's and official;
+- crop: one crop of TEST.SLIDE.CROP_SIZE through the whole model, split into backbone / pixel
+  decoder / transformer decoder / post-processing, each and whole against the official computation
+  restated on the same weights (official Rein forward with explicit attention, official
+  Mask2Former head: rein_d2.benchmark.official_head) and the largest difference of their class
+  scores; and the pixel decoder with its sampling compiled (MODEL.SEM_SEG_HEAD.DEFORM_ATTN_COMPILE);
 - inference: the whole model, whole image (--size) and sliding window (--slide-size), latency
   and throughput, FLOPs of the whole-image call;
 - training: Rein, Freeze and Full (MODEL.VIT.FINETUNE switched, and MODEL.REIN.LINK_TOKEN_TO_QUERY
   off without Rein) with the trainer train_net uses: step time, peak memory, trainable parameters;
 - checkpoint: a compact checkpoint (CompactCheckpointer.compact_state_dict) against the full
   state dict, serialised bytes;
-- deform_attn: the pixel decoder's deformable attention at this size against two references:
-  a per-corner gather vectorised over points, and the per-point definition in Python loops
+- deform_attn: the pixel decoder's deformable attention at this size against three references:
+  the official PyTorch core (grid_sample per level), a per-corner gather vectorised over points,
+  and the per-point definition in Python loops
   (timed on a few queries and scaled to all of them, as running it whole would take hours).
 - onnx: the network on --batch crops of TEST.SLIDE.CROP_SIZE (backbone with Rein, pixel decoder,
   transformer decoder: what tools/export_onnx.py exports), eager PyTorch against its ONNX export
@@ -58,25 +64,33 @@ from detectron2.utils.events import EventStorage
 from tabulate import tabulate
 from torch import nn
 
-from rein_d2.benchmark.deform_attn import gather_ms_deform_attn, per_point_ms_deform_attn
+from rein_d2.benchmark.deform_attn import gather_ms_deform_attn, official_ms_deform_attn, per_point_ms_deform_attn
 from rein_d2.benchmark.flops import count_flops
+from rein_d2.benchmark.official_head import (official_pixel_decoder, official_semantic_scores,
+                                             official_transformer_decoder)
 from rein_d2.benchmark.official_rein import OfficialStyleRein
 from rein_d2.benchmark.timing import matmul_flops_per_second, median_seconds
 from rein_d2.benchmark.training import build_training_step, parameter_counts, peak_memory_in_subprocesses
 from rein_d2.checkpoint.compact import CompactCheckpointer
 from rein_d2.config import load_config
-from rein_d2.export.onnx_export import INPUT_NAME, export_crop_network, random_crops
+from rein_d2.export.onnx_export import INPUT_NAME, export_crop_network, network_input_size, random_crops
 from rein_d2.export.onnx_runtime import open_session
 from rein_d2.modeling.meta_arch import SlideWindow
-from rein_d2.modeling.pixel_decoder.ms_deform_attn import ms_deform_attn
+from rein_d2.modeling.meta_arch.mask_former_model import upsampled_semantic_inference
+from rein_d2.modeling.rein import REIN_QUERIES_KEY
+from rein_d2.modeling.pixel_decoder.ms_deform_attn import MSDeformAttn, compiled_taps, ms_deform_attn
 from rein_d2.utils.atomic import atomic_output
 from rein_d2.utils.cli import user_errors
 
-SECTIONS = ("matmul", "backbone", "inference", "checkpoint", "training", "deform_attn", "onnx")
+SECTIONS = ("matmul", "backbone", "crop", "inference", "checkpoint", "training", "deform_attn", "onnx")
+# The stages of one crop's inference, in order.
+CROP_STAGES = ("backbone", "pixel_decoder", "transformer_decoder", "post_processing")
 # Variants: (MODEL.VIT.FINETUNE, keep the config's LINK_TOKEN_TO_QUERY); without Rein there are no queries.
 VARIANTS = {"rein": ("rein", True), "freeze": ("freeze", False), "full": ("full", False)}
 # The deformable attention's levels: the pixel decoder's encoder inputs res5, res4, res3.
 DEFORM_STRIDES = (32, 16, 8)
+# The torch.compile backend the crop section tries on the deformable attention's sampling.
+DEFORM_ATTN_BACKEND = "inductor"
 # Queries the per-point Python reference is timed on before scaling to all of them.
 PER_POINT_QUERIES = 4
 
@@ -140,6 +154,20 @@ def explicit_attention(backbone: nn.Module) -> Iterator[None]:
     finally:
         for attn in attns:
             attn.fused_attn = True
+
+
+@contextlib.contextmanager
+def deform_attn_compiled(decoder: nn.Module, backend: str) -> Iterator[None]:
+    """Run the pixel decoder's deformable attention with its sampling compiled (MODEL.SEM_SEG_HEAD.DEFORM_ATTN_COMPILE)."""
+    attns = [m for m in decoder.modules() if isinstance(m, MSDeformAttn)]
+    previous = [attn.compile_backend for attn in attns]
+    for attn in attns:
+        attn.compile_backend = backend
+    try:
+        yield
+    finally:
+        for attn, value in zip(attns, previous):
+            attn.compile_backend = value
 
 
 class FeatureMaps(nn.Module):
@@ -237,6 +265,69 @@ class Benchmark:
             out["freeze_fraction_of_matmul"] = out["freeze_flops_per_second"] / peak
         return out
 
+    def crop(self) -> dict:
+        """One crop of TEST.SLIDE.CROP_SIZE (--batch of them), stage by stage and whole, rein-d2 against
+        the official computation restated on the same weights: the official Rein forward with
+        explicit attention (DINOv2's code without xformers) and the official Mask2Former head."""
+        model = self.rein_model()
+        backbone, head = model.backbone, model.sem_seg_head
+        size = network_input_size(tuple(self.cfg.TEST.SLIDE.CROP_SIZE), model.size_divisibility)
+        crops = random_crops(self.args.batch, size, seed=0).to(self.device)
+
+        def compiled_pixel_decoder() -> Any:
+            with deform_attn_compiled(head.pixel_decoder, DEFORM_ATTN_BACKEND):
+                return head.pixel_decoder.forward_features(features)
+
+        def official_backbone() -> dict:
+            with refinement(backbone, OfficialStyleRein(backbone.reins)), explicit_attention(backbone):
+                return backbone(crops)
+
+        def rein_d2_whole() -> Any:
+            return upsampled_semantic_inference(*model.crop_outputs(crops), size, model.queries_per_chunk)
+
+        def official_whole() -> Any:
+            features = official_backbone()
+            mask_features, _, scales = official_pixel_decoder(head.pixel_decoder, features)
+            logits = official_transformer_decoder(head.predictor, scales, mask_features, features.get(REIN_QUERIES_KEY))
+            return official_semantic_scores(*logits, size)
+
+        with torch.no_grad():
+            features = backbone(crops)
+            mask_features, _, scales = head.pixel_decoder.forward_features(features)
+            outputs = head.predictor(scales, mask_features, features.get(REIN_QUERIES_KEY))
+            logits = outputs["pred_logits"], outputs["pred_masks"]
+            stages = {
+                "backbone": lambda: backbone(crops),
+                "pixel_decoder": lambda: head.pixel_decoder.forward_features(features),
+                "transformer_decoder": lambda: head.predictor(scales, mask_features, features.get(REIN_QUERIES_KEY)),
+                "post_processing": lambda: upsampled_semantic_inference(*logits, size, model.queries_per_chunk),
+                "whole": rein_d2_whole,
+                "pixel_decoder_compiled": compiled_pixel_decoder,
+                "official_backbone": official_backbone,
+                "official_pixel_decoder": lambda: official_pixel_decoder(head.pixel_decoder, features),
+                "official_transformer_decoder": lambda: official_transformer_decoder(
+                    head.predictor, scales, mask_features, features.get(REIN_QUERIES_KEY)),
+                "official_post_processing": lambda: official_semantic_scores(*logits, size),
+                "official_whole": official_whole,
+            }
+            seconds = self.time(stages)
+            max_abs_diff = (rein_d2_whole() - official_whole()).abs().max().item()
+        out = {"crop_size": list(size), "batch": self.args.batch,
+               "rein_d2": {name: seconds[name] for name in (*CROP_STAGES, "whole")},
+               "official": {name: seconds[f"official_{name}"] for name in (*CROP_STAGES, "whole")}}
+        out["pixel_decoder_to_backbone"] = fraction(seconds["pixel_decoder"], seconds["backbone"])
+        out["official_pixel_decoder_to_backbone"] = fraction(seconds["official_pixel_decoder"],
+                                                             seconds["official_backbone"])
+        out["speedup_vs_official"] = {name: fraction(seconds[f"official_{name}"], seconds[name])
+                                      for name in (*CROP_STAGES, "whole")}
+        out["max_abs_diff_scores_vs_official"] = max_abs_diff
+        verdicts = compiled_taps(DEFORM_ATTN_BACKEND).verdicts
+        out["deform_attn_compiled"] = {"backend": DEFORM_ATTN_BACKEND, "pixel_decoder": seconds["pixel_decoder_compiled"],
+                                       "used": bool(verdicts) and all(verdicts.values()),
+                                       "speedup_vs_eager": fraction(seconds["pixel_decoder"],
+                                                                    seconds["pixel_decoder_compiled"])}
+        return out
+
     def inference(self) -> dict:
         cfg = variant(self.cfg, "rein")
         model = self.rein_model()
@@ -328,12 +419,14 @@ class Benchmark:
         few = slice(0, PER_POINT_QUERIES)
         with torch.no_grad():
             seconds = self.time({"fast": lambda: ms_deform_attn(value, shapes, locations, weights),
+                                 "official": lambda: official_ms_deform_attn(value, shapes, locations, weights),
                                  "gather": lambda: gather_ms_deform_attn(value, shapes, locations, weights)})
             per_point = self.time({"per_point": lambda: per_point_ms_deform_attn(
                 value, shapes, locations[:, few], weights[:, few])}, runs=1)["per_point"]
         per_point_all = per_point * queries / min(PER_POINT_QUERIES, queries)
         return {"levels": [list(s) for s in shapes], "queries": queries, "heads": heads, "points": points,
-                "fast_seconds": seconds["fast"], "gather_seconds": seconds["gather"],
+                "fast_seconds": seconds["fast"], "official_seconds": seconds["official"],
+                "gather_seconds": seconds["gather"], "speedup_vs_official": seconds["official"] / seconds["fast"],
                 "per_point_seconds_scaled": per_point_all,
                 "speedup_vs_gather": seconds["gather"] / seconds["fast"],
                 "speedup_vs_per_point": per_point_all / seconds["fast"]}

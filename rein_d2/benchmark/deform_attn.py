@@ -1,6 +1,6 @@
 """Reference implementations of multi-scale deformable attention, to check and to time the fast one.
 
-Both restate the official CUDA op: a location l in [0, 1] reads pixel l * size - 0.5 of its
+All restate the official CUDA op: a location l in [0, 1] reads pixel l * size - 0.5 of its
 level, bilinearly, with zeros outside the map. Shapes as `ms_deform_attn`: value [N, S, M, D],
 sampling_locations [N, Q, M, L, P, 2] (x, y), attention_weights [N, Q, M, L, P] -> [N, Q, M * D].
 """
@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 
 def _bilinear_zero_padded(level_value: Tensor, h: int, w: int, x: Tensor, y: Tensor) -> Tensor:
@@ -70,3 +71,23 @@ def gather_ms_deform_attn(value: Tensor, spatial_shapes: Sequence[tuple[int, int
             out = out + (weight[..., None] * value[batch_index, index, head_index]).sum(3)
         start += h * w
     return out.flatten(2)
+
+
+def official_ms_deform_attn(value: Tensor, spatial_shapes: Sequence[tuple[int, int]], sampling_locations: Tensor,
+                            attention_weights: Tensor) -> Tensor:
+    """What the official Mask2Former runs without its CUDA op (its PyTorch core): per level, the
+    values copied into [N*M, D, H, W] and one grid_sample at 2 * location - 1; then the samples
+    of all levels stacked, multiplied by the attention weights, summed, and transposed back."""
+    n, _, heads, dim = value.shape
+    _, queries, _, levels, points, _ = sampling_locations.shape
+    grids = 2 * sampling_locations - 1
+    samples = []
+    for level, ((h, w), level_value) in enumerate(zip(spatial_shapes, value.split([h * w for h, w in spatial_shapes],
+                                                                                   dim=1))):
+        level_value = level_value.flatten(2).transpose(1, 2).reshape(n * heads, dim, h, w)
+        level_grid = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
+        samples.append(F.grid_sample(level_value, level_grid, mode="bilinear", padding_mode="zeros",
+                                     align_corners=False))
+    weights = attention_weights.transpose(1, 2).reshape(n * heads, 1, queries, levels * points)
+    out = (torch.stack(samples, dim=-2).flatten(-2) * weights).sum(-1).view(n, heads * dim, queries)
+    return out.transpose(1, 2).contiguous()

@@ -18,8 +18,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ...errors import ConfigError
+from ...utils.tensor_cache import size_cache
 from ..transformer_decoder.position_encoding import PositionEmbeddingSine
-from .ms_deform_attn import MSDeformAttn
+from .ms_deform_attn import MSDeformAttn, SamplingReference
 
 # The official encoder's feed-forward width, independent of MODEL.MASK_FORMER.DIM_FEEDFORWARD.
 ENCODER_DIM_FEEDFORWARD = 1024
@@ -31,9 +32,9 @@ class MSDeformAttnEncoderLayer(nn.Module):
     """Post-norm deformable self-attention over all levels, then a ReLU feed-forward."""
 
     def __init__(self, d_model: int, d_ffn: int, dropout: float, n_levels: int, n_heads: int,
-                 n_points: int) -> None:
+                 n_points: int, compile_backend: str = "") -> None:
         super().__init__()
-        self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
+        self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points, compile_backend)
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
         self.linear1 = nn.Linear(d_model, d_ffn)
@@ -42,11 +43,13 @@ class MSDeformAttnEncoderLayer(nn.Module):
         self.dropout3 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
 
-    def forward(self, src: Tensor, pos: Tensor, reference_points: Tensor,
+    def forward(self, src: Tensor, pos: Tensor, reference_points: Tensor | SamplingReference,
                 spatial_shapes: Sequence[tuple[int, int]]) -> Tensor:
         attended = self.self_attn(src + pos, reference_points, src, spatial_shapes)
         src = self.norm1(src + self.dropout1(attended))
-        hidden = self.linear2(self.dropout2(F.relu(self.linear1(src))))
+        # In place: the product is not needed again (addmm saves its inputs), and a fresh 1024-wide
+        # buffer per layer costs as much as the ReLU itself.
+        hidden = self.linear2(self.dropout2(F.relu(self.linear1(src), inplace=True)))
         return self.norm2(src + self.dropout3(hidden))
 
 
@@ -69,22 +72,32 @@ class MSDeformAttnEncoder(nn.Module):
         return torch.cat(centres)[None, :, None, :]
 
     def forward(self, src: Tensor, pos: Tensor, spatial_shapes: Sequence[tuple[int, int]]) -> Tensor:
-        refs = self.reference_points(spatial_shapes, src.device)
-        refs = refs.expand(src.shape[0], -1, len(spatial_shapes), -1)
+        attn = self.layers[0].self_attn
+        refs = encoder_sampling_reference(tuple(spatial_shapes), attn.n_heads, attn.n_points, src.device, src.dtype)
         for layer in self.layers:
             src = layer(src, pos, refs, spatial_shapes)
         return src
+
+
+@size_cache(maxsize=4)  # an entry of a 1024 x 1024 input (three levels) holds 16 MB
+def encoder_sampling_reference(spatial_shapes: tuple[tuple[int, int], ...], heads: int, points: int,
+                               device: torch.device, dtype: torch.dtype) -> SamplingReference:
+    """Every level's pixel centres as the reference of every level, in sampling columns: depends on
+    the sizes only, so it is made once per input size, not per layer and call."""
+    refs = MSDeformAttnEncoder.reference_points(spatial_shapes, device).to(dtype)
+    refs = refs.expand(-1, -1, len(spatial_shapes), -1)
+    return SamplingReference.from_points(refs, heads, points)
 
 
 class MSDeformAttnTransformer(nn.Module):
     """Flattens the levels, adds a learned per-level embedding to the position code, encodes."""
 
     def __init__(self, d_model: int, nhead: int, num_encoder_layers: int, dim_feedforward: int, dropout: float,
-                 num_feature_levels: int, enc_n_points: int) -> None:
+                 num_feature_levels: int, enc_n_points: int, compile_backend: str = "") -> None:
         super().__init__()
         self.encoder = MSDeformAttnEncoder(
             lambda: MSDeformAttnEncoderLayer(d_model, dim_feedforward, dropout, num_feature_levels, nhead,
-                                             enc_n_points),
+                                             enc_n_points, compile_backend),
             num_encoder_layers,
         )
         self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
@@ -127,7 +140,9 @@ class MSDeformAttnPixelDecoder(nn.Module):
         norm: str | Callable | None = None,
         transformer_in_features: list[str],
         common_stride: int,
+        deform_attn_compile: str = "",
     ) -> None:
+        """deform_attn_compile: torch.compile backend of the deformable attention's sampling, "" eager."""
         super().__init__()
         missing = [f for f in transformer_in_features if f not in input_shape]
         if missing:
@@ -159,6 +174,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
             dropout=transformer_dropout,
             num_feature_levels=self.transformer_num_feature_levels,
             enc_n_points=transformer_enc_points,
+            compile_backend=deform_attn_compile,
         )
         self.pe_layer = PositionEmbeddingSine(conv_dim // 2, normalize=True)
 
@@ -201,20 +217,31 @@ class MSDeformAttnPixelDecoder(nn.Module):
             "transformer_enc_points": head.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS,
             "transformer_in_features": head.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES,
             "common_stride": head.COMMON_STRIDE,
+            "deform_attn_compile": head.DEFORM_ATTN_COMPILE,
         }
 
+    def feature(self, features: dict[str, Tensor], name: str) -> Tensor:
+        """A backbone map in the decoder's own precision: float32 even under autocast, as the official
+        decoder runs (float64 for a model converted to it)."""
+        return features[name].to(self.mask_features.weight.dtype)
+
     def forward_features(self, features: dict[str, Tensor]) -> tuple[Tensor, Tensor, list[Tensor]]:
-        """Runs in float32 even under autocast, as the official decoder does."""
+        """Runs without autocast, in the decoder's precision (`feature`)."""
         with torch.autocast(device_type=next(iter(features.values())).device.type, enabled=False):
             srcs, pos = [], []
             for proj, name in zip(self.input_proj, reversed(self.transformer_in_features)):
-                x = features[name].float()
+                x = self.feature(features, name)
                 srcs.append(proj(x))
                 pos.append(self.pe_layer(x))
-            out = self.transformer(srcs, pos)
-            for lateral, output, name in zip(self.lateral_convs, self.output_convs,
-                                             reversed(self.in_features[: self.num_fpn_levels])):
-                fine = lateral(features[name].float())
-                out.append(output(fine + F.interpolate(out[-1], size=fine.shape[-2:], mode="bilinear",
-                                                       align_corners=False)))
-            return self.mask_features(out[-1]), out[0], out[: self.maskformer_num_feature_levels]
+            return self.decode(self.transformer(srcs, pos), features)
+
+    def decode(self, encoded: list[Tensor], features: dict[str, Tensor]) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """From the encoded maps (coarsest first): the FPN steps down to the common stride, then
+        (mask features, coarsest map, the decoder's scales)."""
+        out = list(encoded)
+        for lateral, output, name in zip(self.lateral_convs, self.output_convs,
+                                         reversed(self.in_features[: self.num_fpn_levels])):
+            fine = lateral(self.feature(features, name))
+            out.append(output(fine + F.interpolate(out[-1], size=fine.shape[-2:], mode="bilinear",
+                                                   align_corners=False)))
+        return self.mask_features(out[-1]), out[0], out[: self.maskformer_num_feature_levels]

@@ -251,18 +251,25 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         src = [proj(f).flatten(2).transpose(1, 2) + self.level_embed.weight[i]
                for i, (proj, f) in enumerate(zip(self.input_proj, read))]
         output, query_pos = self._initial_queries(mask_features.shape[0], queries)
+        targets = [sizes[(i + 1) % self.num_feature_levels] for i in range(-1, self.num_layers)]
+        if not self.training:
+            # Only the last prediction leaves at inference; the others serve as attention masks, at the
+            # attention's resolution: from the mask features resized once per scale, which equals
+            # resizing full-resolution masks (bilinear resizing is linear) at a fraction of the cost.
+            resized = {tuple(s): F.interpolate(mask_features, size=s, mode="bilinear", align_corners=False)
+                       for s in sizes}
+            for i in range(self.num_layers):
+                attn_mask = self.attention_mask(self.mask_embed(self.decoder_norm(output)), resized[tuple(targets[i])])
+                output = self._layer(i, output, src, pos, attn_mask, query_pos)
+            outputs_class, outputs_mask, _ = self.forward_prediction_heads(output, mask_features, targets[-1])
+            return {"pred_logits": outputs_class, "pred_masks": outputs_mask, "aux_outputs": []}
 
         predictions_class, predictions_mask = [], []
-        outputs_class, outputs_mask, attn_mask = self.forward_prediction_heads(output, mask_features, sizes[0])
-        predictions_class.append(outputs_class)
-        predictions_mask.append(outputs_mask)
-        for i in range(self.num_layers):
-            level = i % self.num_feature_levels
-            output = self.transformer_cross_attention_layers[i](output, src[level], attn_mask, pos[level], query_pos)
-            output = self.transformer_self_attention_layers[i](output, query_pos)
-            output = self.transformer_ffn_layers[i](output)
-            outputs_class, outputs_mask, attn_mask = self.forward_prediction_heads(
-                output, mask_features, sizes[(i + 1) % self.num_feature_levels])
+        for i in range(-1, self.num_layers):
+            if i >= 0:
+                output = self._layer(i, output, src, pos, attn_mask, query_pos)
+            outputs_class, outputs_mask, attn_mask = self.forward_prediction_heads(output, mask_features,
+                                                                                   targets[i + 1])
             predictions_class.append(outputs_class)
             predictions_mask.append(outputs_mask)
         return {
@@ -272,20 +279,34 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                             for c, m in zip(predictions_class[:-1], predictions_mask[:-1])],
         }
 
+    def _layer(self, i: int, output: Tensor, src: list[Tensor], pos: list[Tensor], attn_mask: Tensor,
+               query_pos: Tensor) -> Tensor:
+        """Decoder layer i: masked cross-attention to scale i % 3, self-attention, feed-forward."""
+        level = i % self.num_feature_levels
+        output = self.transformer_cross_attention_layers[i](output, src[level], attn_mask, pos[level], query_pos)
+        output = self.transformer_self_attention_layers[i](output, query_pos)
+        return self.transformer_ffn_layers[i](output)
+
     def forward_prediction_heads(self, output: Tensor, mask_features: Tensor,
                                  attn_mask_target_size: torch.Size) -> tuple[Tensor, Tensor, Tensor]:
-        """Class logits [B, Q, K+1], mask logits [B, Q, H, W], and the next layer's attention mask.
-
-        The mask blocks (True) the pixels a query predicts as background at the next scale;
-        a query that would block everything attends everywhere instead.
-        """
+        """Class logits [B, Q, K+1], mask logits [B, Q, H, W], and the next layer's attention mask."""
         decoded = self.decoder_norm(output)
         outputs_class = self.class_embed(decoded)
         outputs_mask = torch.einsum("bqc,bchw->bqhw", self.mask_embed(decoded), mask_features)
         with torch.no_grad():
             resized = F.interpolate(outputs_mask, size=attn_mask_target_size, mode="bilinear", align_corners=False)
-            blocked = resized.sigmoid().flatten(2) < 0.5
+        return outputs_class, outputs_mask, self.attention_mask(None, resized)
+
+    def attention_mask(self, mask_embed: Tensor | None, features: Tensor) -> Tensor:
+        """[B*heads, Q, h*w] attention mask from mask logits [B, Q, h, w] (mask_embed None), or from the
+        query embeddings [B, Q, C] and mask features [B, C, h, w] at the attention's resolution.
+
+        The mask blocks (True) the pixels a query predicts as background at the next scale;
+        a query that would block everything attends everywhere instead.
+        """
+        with torch.no_grad():
+            logits = features if mask_embed is None else torch.einsum("bqc,bchw->bqhw", mask_embed, features)
+            blocked = logits.sigmoid().flatten(2) < 0.5
             # As a product of masks, not an index assignment: it exports to ONNX as And/Not.
             blocked = blocked & ~blocked.all(dim=-1, keepdim=True)
-            attn_mask = blocked.repeat_interleave(self.num_heads, dim=0)
-        return outputs_class, outputs_mask, attn_mask
+            return blocked.repeat_interleave(self.num_heads, dim=0)
