@@ -88,6 +88,10 @@ RULES: tuple[InertKeys, ...] = (
     InertKeys(("MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS",),
               "the deformable encoder has MODEL.MASK_FORMER.NHEADS heads, as in the official Mask2Former",
               _mask_former),
+    InertKeys(("MODEL.SEM_SEG_HEAD.DEFORM_ATTN_COMPILE",),
+              "read only by Mask2Former's pixel decoder (MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME "
+              "'MSDeformAttnPixelDecoder' in a MaskFormer)",
+              lambda cfg: not (_mask_former(cfg) and cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME == "MSDeformAttnPixelDecoder")),
     InertKeys(("MODEL.MASK_FORMER.ENC_LAYERS",),
               "the pixel decoder's encoder depth is MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", _mask_former),
     InertKeys(("SOLVER.WEIGHT_DECAY_EMBED",),

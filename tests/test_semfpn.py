@@ -165,6 +165,15 @@ def test_fpn_keys_are_refused_where_no_fpn_reads_them():
         load_config(str(REPO / "configs/dinov2/rein_dinov2_large_gta_512.yaml"), ["MODEL.FPN.OUT_CHANNELS", "128"])
 
 
+def test_mask2former_keys_are_refused_where_semfpn_does_not_read_them():
+    with pytest.raises(ConfigError, match=r"DEFORM_ATTN_COMPILE = 'inductor' .*read only by Mask2Former's pixel decoder"):
+        load_config(str(REPO / "configs/semfpn/rein_dinov2_large_gta_512.yaml"),
+                    ["MODEL.SEM_SEG_HEAD.DEFORM_ATTN_COMPILE", "inductor"])
+    cfg = load_config(str(REPO / "configs/dinov2/rein_dinov2_large_gta_512.yaml"),
+                      ["MODEL.SEM_SEG_HEAD.DEFORM_ATTN_COMPILE", "inductor"])
+    assert cfg.MODEL.SEM_SEG_HEAD.DEFORM_ATTN_COMPILE == "inductor"
+
+
 def test_the_class_check_reads_the_semfpn_heads_class_count(synthetic):  # noqa: F811
     with pytest.raises(ConfigError, match="MODEL.SEM_SEG_HEAD.NUM_CLASSES is 19 but training dataset "
                                           "'synthetic_dg_source_train' has 6 classes"):
