@@ -259,9 +259,9 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             resized = {tuple(s): F.interpolate(mask_features, size=s, mode="bilinear", align_corners=False)
                        for s in sizes}
             for i in range(self.num_layers):
-                attn_mask = self.attention_mask(self.mask_embed(self.decoder_norm(output)), resized[tuple(targets[i])])
-                output = self._layer(i, output, src, pos, attn_mask, query_pos)
-            outputs_class, outputs_mask, _ = self.forward_prediction_heads(output, mask_features, targets[-1])
+                logits = self.mask_logits(self.decoder_norm(output), resized[tuple(targets[i])])
+                output = self._layer(i, output, src, pos, self.attention_mask(logits), query_pos)
+            outputs_class, outputs_mask = self.predictions(output, mask_features)
             return {"pred_logits": outputs_class, "pred_masks": outputs_mask, "aux_outputs": []}
 
         predictions_class, predictions_mask = [], []
@@ -290,23 +290,28 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     def forward_prediction_heads(self, output: Tensor, mask_features: Tensor,
                                  attn_mask_target_size: torch.Size) -> tuple[Tensor, Tensor, Tensor]:
         """Class logits [B, Q, K+1], mask logits [B, Q, H, W], and the next layer's attention mask."""
-        decoded = self.decoder_norm(output)
-        outputs_class = self.class_embed(decoded)
-        outputs_mask = torch.einsum("bqc,bchw->bqhw", self.mask_embed(decoded), mask_features)
+        outputs_class, outputs_mask = self.predictions(output, mask_features)
         with torch.no_grad():
             resized = F.interpolate(outputs_mask, size=attn_mask_target_size, mode="bilinear", align_corners=False)
-        return outputs_class, outputs_mask, self.attention_mask(None, resized)
+        return outputs_class, outputs_mask, self.attention_mask(resized)
 
-    def attention_mask(self, mask_embed: Tensor | None, features: Tensor) -> Tensor:
-        """[B*heads, Q, h*w] attention mask from mask logits [B, Q, h, w] (mask_embed None), or from the
-        query embeddings [B, Q, C] and mask features [B, C, h, w] at the attention's resolution.
+    def predictions(self, output: Tensor, mask_features: Tensor) -> tuple[Tensor, Tensor]:
+        """Class logits [B, Q, K+1] and mask logits [B, Q, H, W] of the queries `output`."""
+        decoded = self.decoder_norm(output)
+        return self.class_embed(decoded), self.mask_logits(decoded, mask_features)
+
+    def mask_logits(self, decoded: Tensor, features: Tensor) -> Tensor:
+        """[B, Q, h, w]: the normalised queries' mask embeddings against features [B, C, h, w]."""
+        return torch.einsum("bqc,bchw->bqhw", self.mask_embed(decoded), features)
+
+    def attention_mask(self, mask_logits: Tensor) -> Tensor:
+        """[B*heads, Q, h*w] attention mask from mask logits [B, Q, h, w] at the attention's resolution.
 
         The mask blocks (True) the pixels a query predicts as background at the next scale;
         a query that would block everything attends everywhere instead.
         """
         with torch.no_grad():
-            logits = features if mask_embed is None else torch.einsum("bqc,bchw->bqhw", mask_embed, features)
-            blocked = logits.sigmoid().flatten(2) < 0.5
+            blocked = mask_logits.sigmoid().flatten(2) < 0.5
             # As a product of masks, not an index assignment: it exports to ONNX as And/Not.
             blocked = blocked & ~blocked.all(dim=-1, keepdim=True)
             return blocked.repeat_interleave(self.num_heads, dim=0)
